@@ -1,0 +1,1 @@
+"""surg_assets."""

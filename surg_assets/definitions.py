@@ -1,0 +1,25 @@
+"""The Dagster code location: every asset, check, job and sensor, with resources by SURG_ENV."""
+
+import dagster as dg
+
+from surg_assets import checks, sensors
+from surg_assets.assets import ingest
+from surg_assets.jobs import analyze_case
+from surg_assets.settings import build_resources
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Assembled at load time so ``SURG_ENV``/``SURG_HOME`` are read when Dagster loads us."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([ingest]),
+        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        jobs=[analyze_case],
+        sensors=[
+            sensors.new_video_sensor,
+            sensors.case_started_sensor,
+            sensors.case_ready_sensor,
+            sensors.case_failed_sensor,
+        ],
+        resources=build_resources(deferred=True),
+    )

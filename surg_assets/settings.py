@@ -1,0 +1,79 @@
+"""Wiring of settings into the objects the assets use (resources by SURG_ENV, video limits)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from ml_models.errors import InputError
+from ml_models.video import VideoLimits
+from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore
+from resources.catalog import Catalog
+from resources.settings import Settings, env_float, env_int, load_settings
+
+
+def video_limits_from_env() -> VideoLimits:
+    """Video limits from ``SURG_MAX_DURATION_S``, ``SURG_MAX_WIDTH``... (README, Settings)."""
+    d = VideoLimits()
+    return VideoLimits(
+        max_duration_s=env_float("SURG_MAX_DURATION_S", d.max_duration_s),
+        min_duration_s=env_float("SURG_MIN_DURATION_S", d.min_duration_s),
+        max_width=env_int("SURG_MAX_WIDTH", d.max_width),
+        max_height=env_int("SURG_MAX_HEIGHT", d.max_height),
+        min_side=env_int("SURG_MIN_SIDE", d.min_side),
+        max_fps=env_float("SURG_MAX_FPS", d.max_fps),
+        min_fps=env_float("SURG_MIN_FPS", d.min_fps),
+        transcode_max_height=env_int("SURG_TRANSCODE_MAX_HEIGHT", d.transcode_max_height),
+        transcode_fps=env_float("SURG_TRANSCODE_FPS", d.transcode_fps),
+    )
+
+
+def local_blob_store(settings: Settings) -> LocalBlobStore:
+    """The embedded default store under ``SURG_HOME/lake``."""
+    return LocalBlobStore(
+        root=str(settings.lake_root),
+        secret_key_file=str(settings.secret_key_file),
+        public_base_url=os.environ.get("SURG_PUBLIC_URL", "http://127.0.0.1:8000"),
+    )
+
+
+def _env(name: str, deferred: bool) -> Any:
+    # In Definitions a secret stays an EnvVar, resolved at run time and never shown in the UI;
+    # the CLI and the web app resolve it now.
+    if deferred:
+        return dg.EnvVar(name)
+    value = os.environ.get(name)
+    if not value:
+        raise InputError(f"setting {name} is required when SURG_ENV=prod; set it.")
+    return value
+
+
+def prod_blob_store(deferred: bool = False) -> S3BlobStore:
+    """The S3 store; bucket and KMS key from the environment."""
+    return S3BlobStore(
+        bucket=_env("SURG_S3_BUCKET", deferred),
+        prefix=os.environ.get("SURG_S3_PREFIX", ""),
+        endpoint_url=os.environ.get("SURG_S3_ENDPOINT_URL") or None,
+        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
+        kms_key_id=os.environ.get("SURG_S3_KMS_KEY_ID") or None,
+    )
+
+
+def build_resources(settings: Settings | None = None, deferred: bool = False) -> dict[str, Any]:
+    """The resource set for ``SURG_ENV`` (DESIGN.md section 4).
+
+    Args:
+        settings: Settings to use (read from the environment when omitted).
+        deferred: Keep secrets as ``dg.EnvVar`` (for ``Definitions``); resolve them otherwise.
+    """
+    settings = settings or load_settings()
+    blob_store: BlobStore
+    if settings.env == "prod":
+        blob_store = prod_blob_store(deferred)
+        catalog = Catalog(url=_env("SURG_CATALOG_URL", deferred))
+    else:
+        blob_store = local_blob_store(settings)
+        catalog = Catalog(url=settings.catalog_url)
+    return {"blob_store": blob_store, "catalog": catalog}
