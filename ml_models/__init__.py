@@ -1,1 +1,1 @@
-"""ml_models: plain Python library for video I/O, models, synthetic data and metrics (no Dagster)."""
+"""ml_models: a plain library (no Dagster): video I/O, models, synthetic data, metrics."""

@@ -29,7 +29,10 @@ from pydantic import PrivateAttr
 
 from ml_models.errors import InputError
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_\-./]*$")
+# Keys the platform builds are plain ASCII; files people drop into the lake may carry any
+# printable name, which must still be listable and movable, so only what could escape the root or
+# confuse a filesystem is refused.
+_KEY_RE = re.compile(r"^[^\x00-\x1f\x7f\\/][^\x00-\x1f\x7f\\]*$")
 _TMP_PREFIX = ".tmp-"
 _META_DIR = ".meta"
 
@@ -48,7 +51,8 @@ def check_key(key: str) -> str:
         or key.endswith("/")
         or any(part.startswith(_TMP_PREFIX) or part == _META_DIR for part in key.split("/"))
     ):
-        raise InputError(f"object key {key!r} is not a valid store key.")
+        # The key itself is not echoed: a dropped file's name may identify a patient.
+        raise InputError("an object key is not valid (empty, absolute, or escaping the store).")
     return key
 
 
@@ -437,7 +441,10 @@ class S3BlobStore(BlobStore):
     def list_prefix(self, prefix: str) -> list[BlobInfo]:
         """List with ``list_objects_v2`` pages."""
         out: list[BlobInfo] = []
-        full_prefix = self._full(prefix) if prefix else (self.prefix.strip("/") + "/").lstrip("/")
+        if ".." in prefix.split("/"):
+            raise InputError(f"listing prefix {prefix!r} is not a valid store prefix.")
+        base = self.prefix.strip("/")
+        full_prefix = f"{base}/{prefix}" if base else prefix
         paginator = self._s3().get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
             for obj in page.get("Contents", []):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ class AuditEntry(Base):
 
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+_ENGINE_LOCK = threading.Lock()
 
 
 class Catalog(dg.ConfigurableResource):
@@ -171,28 +173,38 @@ class Catalog(dg.ConfigurableResource):
     def engine(self) -> Engine:
         """The engine, created (and the schema migrated) on first use."""
         if self._engine is None:
-            kwargs: dict[str, Any] = {"pool_pre_ping": True}
-            if self.url.startswith("sqlite"):
-                path = self.url.split("///", 1)[-1]
-                if path and path != ":memory:":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-                kwargs["connect_args"] = {"timeout": 30}
-            engine = create_engine(self.url, **kwargs)
-            if self.url.startswith("sqlite"):
-                event.listen(engine, "connect", _sqlite_pragmas)
-            self._engine = engine
-            self._sessions = sessionmaker(engine, expire_on_commit=False)
-            self.migrate()
+            with _ENGINE_LOCK:
+                if self._engine is None:
+                    self._open()
         return self._engine
+
+    def _open(self) -> None:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.url.startswith("sqlite"):
+            path = self.url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        engine = create_engine(self.url, **kwargs)
+        if self.url.startswith("sqlite"):
+            event.listen(engine, "connect", _sqlite_pragmas)
+        # Publish the engine only once the schema is migrated: other threads wait on the lock.
+        self._migrate(engine)
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._engine = engine
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
+        self._migrate(self.engine)
+
+    @staticmethod
+    def _migrate(engine: Engine) -> None:
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
-        with self.engine.begin() as conn:
+        with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 

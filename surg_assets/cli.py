@@ -250,23 +250,25 @@ _register_optional_commands()
 
 def main() -> None:
     """Entry point of the ``surg`` console script."""
-    import click
-
     try:
         code = app(standalone_mode=False)
     except InputError as exc:
-        err.print(f"error: {exc}", markup=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
     except AnalysisFailed as exc:
-        err.print(f"error: {exc}", markup=False, soft_wrap=True)
-        sys.exit(1)
-    except click.exceptions.UsageError as exc:
-        err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        err.print("error: aborted.")
-        sys.exit(130)
+        _fail(str(exc), 1)
+    except typer.Abort:
+        _fail("aborted.", 130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: missing argument, unknown option...
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _fail(message, 2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, status: int) -> None:
+    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 
 import dagster as dg
 
-from resources.blob_store import BlobInfo, BlobStore
+from resources.blob_store import BlobInfo, BlobStore, decode_cursor, encode_cursor
 from resources.catalog import Catalog
-from surg_assets.intake import CASE_ID_RE, RAW_PREFIX, adopt_stray, case_of_raw_key
+from surg_assets.intake import (
+    CASE_ID_RE,
+    RAW_PREFIX,
+    adopt_stray,
+    case_of_raw_key,
+    find_raw_key,
+)
 from surg_assets.jobs import analyze_case
 from surg_assets.partitions import cases
 
@@ -47,6 +53,13 @@ def new_video_sensor(
         if adopted:
             context.log.info(f"a file dropped into raw-videos/ became case {adopted}")
             case_ids.append(adopted)
+            # The move wrote a newer object; step the cursor past it so it is not seen again.
+            moved_key = find_raw_key(blob_store, adopted)
+            moved = blob_store.head(moved_key) if moved_key else None
+            if moved is not None:
+                cursor = max(
+                    cursor or "", encode_cursor(moved.last_modified, moved.key), key=_cursor_order
+                )
     runnable = []
     for case_id in sorted(set(case_ids)):
         case = catalog.ensure_case(case_id)
@@ -58,6 +71,10 @@ def new_video_sensor(
         dynamic_partitions_requests=[cases.build_add_request(runnable)] if runnable else [],
         cursor=cursor,
     )
+
+
+def _cursor_order(cursor: str) -> tuple[float, str]:
+    return decode_cursor(cursor) or (0.0, "")
 
 
 def _case_of_run(run: dg.DagsterRun) -> str | None:

@@ -1,0 +1,48 @@
+# The README's commands. Everything installs into .venv (and deploy tools into .venv-tools).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .venv-tools
+export SURG_HOME ?= $(CURDIR)/.surg
+# Ultralytics must never reach the network (weights, fonts, update checks).
+export YOLO_OFFLINE := 1
+
+.PHONY: install tools demo test up bench lint format
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+# Deployment linters (cdk-nag, cfn-lint, checkov, actionlint) pin packages that clash with
+# Dagster's, so they live in their own environment.
+tools: $(TOOLS)/.installed
+
+$(TOOLS)/.installed: deploy/requirements-tools.txt
+	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -r deploy/requirements-tools.txt
+	touch $@
+
+demo: install
+	$(BIN)/surg demo
+
+test: install $(if $(wildcard deploy/requirements-tools.txt),tools)
+	$(BIN)/pytest
+
+up: install
+	mkdir -p $(SURG_HOME)/dagster
+	test -f $(SURG_HOME)/dagster/dagster.yaml || cp dagster.yaml $(SURG_HOME)/dagster/dagster.yaml
+	DAGSTER_HOME=$(SURG_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
+
+bench: install
+	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .

@@ -1,0 +1,166 @@
+"""Shared fixtures: isolated SURG_HOME, generated videos, real data, PostgreSQL, S3 over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get(
+    "SURG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+# Ultralytics must never reach the network from any test.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with a reason on a developer's machine; in CI a missing service is a failure."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: this test must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def surg_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, isolated SURG_HOME with the local resource set."""
+    home = tmp_path / "surg-home"
+    monkeypatch.setenv("SURG_HOME", str(home))
+    monkeypatch.setenv("SURG_ENV", "local")
+    monkeypatch.delenv("SURG_CATALOG_URL", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small generated videos, good and bad, written once per test session with PyAV."""
+    from ml_models.video import write_sample_video
+
+    d = tmp_path_factory.mktemp("videos")
+    good = write_sample_video(d / "good.mp4", seconds=3, fps=25, size=(320, 240))
+    v = {
+        "good": good,
+        "with_audio_and_tags": write_sample_video(
+            d / "tagged.mp4",
+            seconds=2,
+            size=(640, 480),
+            with_audio=True,
+            metadata={"title": "Jane Doe 1970-01-01", "comment": "MRN 123456"},
+        ),
+        "mpeg4_avi": write_sample_video(d / "clip.avi", seconds=2, codec="mpeg4"),
+        "ffv1_mkv": write_sample_video(d / "lossless.mkv", seconds=2, codec="ffv1"),
+    }
+    zero = d / "zero.mp4"
+    zero.write_bytes(b"")
+    text = d / "text.mp4"
+    text.write_text("this is not a video\n")
+    data = good.read_bytes()
+    truncated = d / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    # Keep the container intact but replace the coded pictures with noise: a broken stream.
+    mdat = data.find(b"mdat")
+    rng = __import__("random").Random(7)
+    mdat_end = mdat - 4 + int.from_bytes(data[mdat - 4 : mdat], "big")
+    broken = bytearray(data)
+    for i in range(mdat + 4, mdat_end):
+        broken[i] = rng.randrange(256)
+    (d / "broken.mp4").write_bytes(bytes(broken))
+    audio_only = d / "audio_only.mp4"
+    _write_audio_only(audio_only)
+    v.update(
+        zero=zero,
+        text=text,
+        truncated=truncated,
+        broken=d / "broken.mp4",
+        audio_only=audio_only,
+    )
+    return v
+
+
+def _write_audio_only(path: Path) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format="mp4") as out:
+        st = out.add_stream("aac", rate=44100)
+        for i in range(40):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+            )
+            frame.sample_rate = 44100
+            frame.pts = i * 1024
+            for p in st.encode(frame):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+
+
+@pytest.fixture(scope="session")
+def real_clip() -> Path:
+    """A real Cholec80 clip from ../shared/data (skips when the data is absent)."""
+    clips = sorted((SHARED_DATA / "cholec80-clips" / "clips").glob("*.mp4"))
+    if not clips:
+        skip_or_fail(f"real clips not found under {SHARED_DATA}/cholec80-clips")
+    return clips[0]
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A throw-away PostgreSQL database on the machine's server; its SQLAlchemy URL."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            pass
+    except OSError:
+        skip_or_fail("no PostgreSQL server on 127.0.0.1:5432")
+    name = f"surg_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """A real HTTP server speaking the S3 (and KMS) API: moto's ThreadedMotoServer."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def lake_files(home: Path, prefix: str) -> list[str]:
+    """Object keys under a prefix of a local lake (for 'nothing was written' assertions)."""
+    root = home / "lake"
+    if not root.exists():
+        return []
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix().startswith(prefix)
+    )

@@ -1,0 +1,55 @@
+"""The code location: asset keys snapshot, and Dagster's own validation of the definitions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from surg_assets.definitions import defs
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Renaming or removing an asset is a visible decision: update this list on purpose.
+EXPECTED_ASSET_KEYS = ["raw_video", "transcoded_video"]
+EXPECTED_CHECKS = ["transcoded_video:transcoded_video_meets_contract"]
+
+
+def test_asset_keys_snapshot() -> None:
+    graph = defs().resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == EXPECTED_ASSET_KEYS
+    checks = sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys)
+    assert checks == EXPECTED_CHECKS
+
+
+def test_case_assets_are_partitioned_by_case_and_in_the_analyze_job() -> None:
+    d = defs()
+    graph = d.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).partitions_def.name == "cases"
+    job = d.resolve_job_def("analyze_case")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(
+        EXPECTED_ASSET_KEYS
+    )
+    assert {s.name for s in d.sensors} >= {"new_video_sensor", "case_failed_sensor"}
+
+
+def test_dagster_definitions_validate(tmp_path: Path) -> None:
+    env = {**os.environ, "SURG_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Validation successful" in proc.stdout + proc.stderr

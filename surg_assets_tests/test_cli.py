@@ -1,0 +1,161 @@
+"""The `surg` command as a user meets it: real processes, real files, a fresh SURG_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from surg_assets_tests.conftest import lake_files
+
+SURG = str(Path(sys.executable).with_name("surg"))
+
+
+def surg(
+    home: Path, *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "SURG_HOME": str(home), "SURG_ENV": "local", **env}
+    environ.pop("DAGSTER_HOME", None)
+    return subprocess.run(
+        [SURG, *args], capture_output=True, text=True, env=environ, cwd=cwd, timeout=600
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("zero", "empty (0 bytes)"),
+        ("text", "not a readable video container"),
+        ("truncated", "truncated"),
+        ("audio_only", "no video stream"),
+        ("ffv1_mkv", "codec 'ffv1' is not supported"),
+        ("broken", "cannot be decoded"),
+    ],
+)
+def test_ingest_refuses_bad_files(tmp_path: Path, videos: dict, name: str, fragment: str) -> None:
+    home = tmp_path / "home"
+    proc = surg(home, "ingest", str(videos[name]))
+    assert_user_error(proc, fragment)
+    assert videos[name].name not in proc.stderr
+    assert lake_files(home, "") == []
+
+
+def test_ingest_refuses_videos_beyond_the_limits(tmp_path: Path, videos: dict) -> None:
+    home = tmp_path / "home"
+    assert_user_error(
+        surg(home, "ingest", str(videos["good"]), SURG_MAX_WIDTH="100"), "exceeds the limit"
+    )
+    assert_user_error(
+        surg(home, "ingest", str(videos["good"]), SURG_MAX_DURATION_S="2"), "SURG_MAX_DURATION_S"
+    )
+    assert_user_error(
+        surg(home, "ingest", str(videos["good"]), SURG_MAX_DURATION_S="lots"),
+        "SURG_MAX_DURATION_S='lots' is not a number",
+    )
+    assert lake_files(home, "") == []
+
+
+def test_ingest_refuses_a_missing_path(tmp_path: Path) -> None:
+    proc = surg(tmp_path / "home", "ingest", str(tmp_path / "Jane Doe.mp4"))
+    assert_user_error(proc, "does not exist")
+    assert "Jane" not in proc.stderr
+
+
+def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
+    assert_user_error(surg(tmp_path / "home", "ingest"), "Missing argument")
+    assert_user_error(surg(tmp_path / "home", "ingest", "x", SURG_ENV="cloud"), "SURG_ENV")
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "a/b/../../Doe-Jane.mp4",
+        "Müller Jörg 1970-01-01 Cholezystektomie.mp4",
+        ("Patient " * 30).strip() + ".mp4",
+        "-x; rm -rf $HOME .mp4",
+    ],
+    ids=["dot-dot", "unicode", "very-long", "shell"],
+)
+def test_hostile_names_never_reach_keys_logs_or_outputs(
+    tmp_path: Path, videos: dict, relative: str
+) -> None:
+    work = tmp_path / "work"
+    (work / "a" / "b").mkdir(parents=True)
+    target = work / relative
+    shutil.copyfile(videos["good"], target.resolve())
+    home = tmp_path / "home"
+    proc = surg(home, "ingest", "--", relative, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    case_id = proc.stdout.strip().splitlines()[-1]
+    assert lake_files(home, "raw-videos/") == [f"raw-videos/{case_id}/source.mp4"]
+    stem = Path(relative).stem
+    for text in (proc.stdout, proc.stderr):
+        assert stem not in text
+    for path in home.rglob("*"):
+        assert stem not in path.name
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert stem.encode() not in path.read_bytes()
+
+
+def test_same_bytes_twice_are_the_same_case(tmp_path: Path, videos: dict) -> None:
+    home = tmp_path / "home"
+    copy = tmp_path / "copy.mp4"
+    shutil.copyfile(videos["good"], copy)
+    first = surg(home, "ingest", str(videos["good"]))
+    second = surg(home, "ingest", str(copy))
+    assert first.returncode == second.returncode == 0
+    case_id = first.stdout.split()[-1]
+    assert second.stdout.split()[-1] == case_id
+    assert "already ingested as case " + case_id in second.stderr
+    listing = surg(home, "cases", "list")
+    assert listing.stdout.count(case_id) == 1 and "queued" in listing.stdout
+
+
+def test_ingest_several_files_prints_each_case(tmp_path: Path, videos: dict) -> None:
+    home = tmp_path / "home"
+    proc = surg(home, "ingest", str(videos["good"]), str(videos["mpeg4_avi"]))
+    assert proc.returncode == 0, proc.stderr
+    ids = proc.stdout.split()
+    assert len(set(ids)) == 2
+    assert sorted(lake_files(home, "raw-videos/")) == sorted(
+        [f"raw-videos/{ids[0]}/source.mp4", f"raw-videos/{ids[1]}/source.avi"]
+    )
+
+
+def test_analyze_a_real_clip_end_to_end(tmp_path: Path, real_clip: Path) -> None:
+    home = tmp_path / "home"
+    named = tmp_path / "Patient Jane Doe 1970.mp4"
+    shutil.copyfile(real_clip, named)
+    out = tmp_path / "out"
+    proc = surg(home, "analyze", str(named), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    case_id = proc.stdout.strip().splitlines()[-1]
+    summary = json.loads((out / "case.json").read_text())
+    assert summary["case_id"] == case_id and summary["status"] == "ready"
+    assert summary["video"] == {"duration_s": 32.0, "width": 854, "height": 480, "fps": 25.0}
+    assert lake_files(home, "processed-videos/") == [f"processed-videos/{case_id}/video.mp4"]
+    assert "Jane" not in proc.stdout + proc.stderr
+    assert not [p for p in home.rglob("*") if "Jane" in p.name]
+    listing = surg(home, "cases", "list")
+    assert case_id in listing.stdout and "ready" in listing.stdout
+
+
+def test_analyze_refuses_a_bad_file_without_creating_anything(tmp_path: Path, videos: dict) -> None:
+    home = tmp_path / "home"
+    proc = surg(home, "analyze", str(videos["text"]), "--out", str(tmp_path / "out"))
+    assert_user_error(proc, "not a readable video container")
+    assert lake_files(home, "") == []
+    assert not (tmp_path / "out").exists()

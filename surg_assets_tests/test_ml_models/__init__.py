@@ -1,0 +1,1 @@
+"""Tests: ml_models."""
