@@ -203,7 +203,11 @@ def cases_list(
 ) -> None:
     """List cases, newest first."""
     _, _, catalog = _context()
-    table = Table("case", "status", "created (UTC)", "duration", "size", "reason")
+    table = Table()
+    # Case ids are what users copy into other commands: never wrap or truncate them.
+    table.add_column("case", no_wrap=True, min_width=17)
+    for name in ("status", "created (UTC)", "duration", "size", "reason"):
+        table.add_column(name)
     for case in catalog.list_cases(status=status):
         table.add_row(
             case.id,
@@ -236,13 +240,20 @@ def demo(
 
 
 def _register_optional_commands() -> None:
-    """Commands of the lab and the web app, registered when their modules exist."""
-    try:
+    """Commands of the lab and the web app, kept in their own modules."""
+    import importlib.util
+
+    if importlib.util.find_spec("surg_assets.cli_lab"):
         from surg_assets import cli_lab
-    except ImportError:
-        return
-    app.command("synth")(cli_lab.synth_command)
-    app.add_typer(cli_lab.eval_app, name="eval")
+
+        app.command("synth")(cli_lab.synth_command)
+        app.add_typer(cli_lab.eval_app, name="eval")
+    if importlib.util.find_spec("surg_assets.cli_web"):
+        from surg_assets import cli_web
+
+        app.command("serve")(cli_web.serve_command)
+        app.add_typer(cli_web.users_app, name="users")
+        app.add_typer(cli_web.audit_app, name="audit")
 
 
 _register_optional_commands()

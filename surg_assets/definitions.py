@@ -17,7 +17,6 @@ def defs() -> dg.Definitions:
         jobs=[analyze_case],
         sensors=[
             sensors.new_video_sensor,
-            sensors.case_started_sensor,
             sensors.case_ready_sensor,
             sensors.case_failed_sensor,
         ],

@@ -82,20 +82,6 @@ def _case_of_run(run: dg.DagsterRun) -> str | None:
 
 
 @dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.STARTED,
-    monitored_jobs=[analyze_case],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="A case whose run started is 'analysing'.",
-)
-def case_started_sensor(context: dg.RunStatusSensorContext, catalog: Catalog) -> None:
-    """Mark the case analysing when its run starts."""
-    case_id = _case_of_run(context.dagster_run)
-    if case_id:
-        catalog.ensure_case(case_id)
-        catalog.set_status(case_id, "analysing")
-
-
-@dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[analyze_case],
     default_status=dg.DefaultSensorStatus.RUNNING,

@@ -32,7 +32,11 @@ def test_case_assets_are_partitioned_by_case_and_in_the_analyze_job() -> None:
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(
         EXPECTED_ASSET_KEYS
     )
-    assert {s.name for s in d.sensors} >= {"new_video_sensor", "case_failed_sensor"}
+    assert {s.name for s in d.sensors} == {
+        "new_video_sensor",
+        "case_ready_sensor",
+        "case_failed_sensor",
+    }
 
 
 def test_dagster_definitions_validate(tmp_path: Path) -> None:
