@@ -41,6 +41,9 @@ def test_web_app_never_imports_torch() -> None:
 
 
 def test_no_legacy_dagster_apis() -> None:
-    legacy = r"@repository|required_resource_keys|compute_kind=|config_schema=|@resource\b|AutoMaterializePolicy"
+    legacy = (
+        r"@repository|required_resource_keys|compute_kind=|config_schema=|@resource\b"
+        r"|AutoMaterializePolicy"
+    )
     assert _imports("surg_assets", legacy) == []
     assert _imports("resources", legacy) == []
