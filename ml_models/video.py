@@ -8,6 +8,8 @@ video file names routinely carry patient names and dates.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -364,23 +366,6 @@ def _encode(
         out.mux(packet)
 
 
-def iter_frames_rgb(
-    path: str | Path, every_s: float | None = None
-) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Decode a video as ``(frame_index, t_s, rgb array)``, optionally one frame per ``every_s``."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        next_t = 0.0
-        for index, frame in enumerate(container.decode(stream)):
-            t = float(frame.time or 0.0)
-            if every_s is not None:
-                if t + 1e-6 < next_t:
-                    continue
-                next_t += every_s
-            yield index, t, frame.to_ndarray(format="rgb24")
-
-
 def write_sample_video(
     path: str | Path,
     seconds: float = 4.0,
@@ -520,3 +505,59 @@ def inspect_layout(path: str | Path) -> StreamLayout:
             faststart=faststart,
             foreign_tags=foreign,
         )
+
+
+@dataclass
+class SampledFrame:
+    """One decoded frame chosen for inference (BGR, the OpenCV and ultralytics convention)."""
+
+    frame_index: int
+    t_s: float
+    bgr: np.ndarray
+
+
+def sample_frames(
+    path: str | Path, sample_fps: float, max_queue: int = 32
+) -> Iterator[SampledFrame]:
+    """Decode ``path`` in a background thread; yield about ``sample_fps`` frames per second.
+
+    The queue is bounded, so a slow consumer (the model) holds the decoder back instead of
+    letting decoded frames pile up: memory stays flat however long the video is.
+    """
+    q: queue.Queue[SampledFrame | BaseException | None] = queue.Queue(maxsize=max_queue)
+    stop = threading.Event()
+
+    def decode() -> None:
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                step = 1.0 / sample_fps
+                next_t = 0.0
+                for index, frame in enumerate(container.decode(stream)):
+                    if stop.is_set():
+                        return
+                    t = float(frame.time or 0.0)
+                    if t + 1e-6 < next_t:
+                        continue
+                    # Whole-step jumps keep the grid aligned to the video's start.
+                    next_t = (np.floor(t / step + 1e-6) + 1) * step
+                    q.put(SampledFrame(index, t, frame.to_ndarray(format="bgr24")))
+            q.put(None)
+        except BaseException as exc:  # surfaced to the consumer thread
+            q.put(exc)
+
+    worker = threading.Thread(target=decode, name="surg-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not q.empty():  # unblock the producer so it can exit
+            q.get_nowait()

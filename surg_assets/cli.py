@@ -240,8 +240,13 @@ def demo(
 
 
 def _register_optional_commands() -> None:
-    """Commands of the lab and the web app, kept in their own modules."""
+    """Commands kept in their own modules: models, the lab, the web app."""
     import importlib.util
+
+    from surg_assets import cli_models
+
+    app.add_typer(cli_models.train_app, name="train")
+    app.add_typer(cli_models.models_app, name="models")
 
     if importlib.util.find_spec("surg_assets.cli_lab"):
         from surg_assets import cli_lab

@@ -11,6 +11,7 @@ from ml_models.errors import InputError
 from ml_models.video import VideoLimits
 from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore
 from resources.catalog import Catalog
+from resources.registry import ModelRegistry
 from resources.settings import Settings, env_float, env_int, load_settings
 
 
@@ -76,4 +77,7 @@ def build_resources(settings: Settings | None = None, deferred: bool = False) ->
     else:
         blob_store = local_blob_store(settings)
         catalog = Catalog(url=settings.catalog_url)
-    return {"blob_store": blob_store, "catalog": catalog}
+    registry = ModelRegistry(
+        catalog=catalog, blob_store=blob_store, cache_dir=str(settings.home / "model-cache")
+    )
+    return {"blob_store": blob_store, "catalog": catalog, "registry": registry}

@@ -1,0 +1,253 @@
+"""Instrument detection and segmentation with an ultralytics YOLO segmentation model.
+
+The model is built from a yaml (no pretrained weights exist here) and trained by the project.
+Inference streams over a video: PyAV decodes in its own thread into a bounded queue (memory is flat
+in video length), frames are sampled at a fixed rate, batched, run through the model, and turned
+into a pyarrow table by one adapter, :func:`results_to_rows`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ml_models.errors import InputError
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
+from ml_models.tables import DETECTIONS, table_from_rows
+from ml_models.ultra import OFFLINE_TRAIN_ARGS, ultralytics_offline
+from ml_models.video import SampledFrame, sample_frames
+
+DEFAULT_ARCH = "yolo11n-seg.yaml"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda:0`` when a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(weights: str | Path) -> Any:
+    """Load trained YOLO weights (a local ``.pt``; a missing file is the user's error)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(
+            "the instrument detector weights file does not exist; train one with "
+            "`surg train detector` or `make models`."
+        )
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    return YOLO(str(path), task="segment")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    weights: Path
+    metrics: dict[str, float]
+    epochs: int
+    imgsz: int
+    seconds: float
+
+
+def train_detector(
+    data_yaml: str | Path,
+    out_dir: str | Path,
+    epochs: int = 30,
+    imgsz: int = 320,
+    init: str | Path = DEFAULT_ARCH,
+    batch: int = 16,
+    device: str = "auto",
+    seed: int = 0,
+    workers: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train the segmentation detector on a YOLO dataset; return the best weights and metrics.
+
+    Args:
+        data_yaml: YOLO ``data.yaml`` (segmentation labels; box-only labels are converted to
+            rectangles by the dataset builders).
+        out_dir: Folder for ultralytics' run (weights under ``train/weights``).
+        epochs: Training epochs.
+        imgsz: Training image size.
+        init: A model yaml (from scratch) or weights to fine-tune.
+        batch: Batch size.
+        device: ``auto``, ``cpu`` or ``cuda:N``.
+        seed: Seed for reproducibility.
+        workers: Dataloader workers (0 keeps memory predictable on small machines).
+        extra: More ultralytics training arguments.
+    """
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    if not Path(data_yaml).is_file():
+        raise InputError("the detector dataset's data.yaml does not exist; check --data.")
+    started = time.perf_counter()
+    model = YOLO(str(init), task="segment")
+    out_dir = Path(out_dir).resolve()
+    model.train(
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=resolve_device(device),
+        seed=seed,
+        deterministic=True,
+        workers=workers,
+        project=str(out_dir),
+        name="train",
+        **{**OFFLINE_TRAIN_ARGS, **(extra or {})},
+    )
+    trainer = model.trainer
+    best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
+    metrics = {
+        k.replace("metrics/", ""): float(v)
+        for k, v in (trainer.metrics or {}).items()
+        if isinstance(v, int | float)
+    }
+    return TrainResult(best, metrics, epochs, imgsz, time.perf_counter() - started)
+
+
+def evaluate_detector(
+    weights: str | Path, data_yaml: str | Path, imgsz: int = 320, split: str = "val"
+) -> dict[str, float]:
+    """Box and mask mAP50 / mAP50-95 of weights on a dataset split (ultralytics' validator)."""
+    model = load_model(weights)
+    r = model.val(
+        data=str(data_yaml), imgsz=imgsz, split=split, plots=False, verbose=False, workers=0
+    )
+    return {
+        "box_map50": float(r.box.map50),
+        "box_map50_95": float(r.box.map),
+        "mask_map50": float(r.seg.map50),
+        "mask_map50_95": float(r.seg.map),
+    }
+
+
+def results_to_rows(
+    results: list[Any],
+    frames: list[SampledFrame],
+    case_id: str,
+    model_version: str,
+    names: dict[int, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The one adapter from ultralytics ``Results`` to rows of the detections table."""
+    rows: list[dict[str, Any]] = []
+    for result, frame in zip(results, frames, strict=True):
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            continue
+        xyxy = boxes.xyxy.cpu().numpy()
+        conf = boxes.conf.cpu().numpy()
+        cls = boxes.cls.cpu().numpy().astype(int)
+        polygons = result.masks.xy if result.masks is not None else [None] * len(cls)
+        label = names or result.names
+        for i in range(len(cls)):
+            poly = polygons[i]
+            rows.append(
+                {
+                    "case_id": case_id,
+                    "frame_index": frame.frame_index,
+                    "t_s": round(frame.t_s, 4),
+                    "class_id": int(cls[i]),
+                    "class_name": label.get(int(cls[i]), str(int(cls[i]))),
+                    "confidence": float(conf[i]),
+                    "x1": float(xyxy[i, 0]),
+                    "y1": float(xyxy[i, 1]),
+                    "x2": float(xyxy[i, 2]),
+                    "y2": float(xyxy[i, 3]),
+                    "mask": (
+                        np.asarray(poly, np.float32).reshape(-1).round(1).tolist()
+                        if poly is not None and len(poly)
+                        else None
+                    ),
+                    "model_version": model_version,
+                }
+            )
+    return rows
+
+
+@dataclass
+class DetectionRun:
+    """Counters of one streaming detection pass."""
+
+    frames: int = 0
+    detections: int = 0
+    seconds: float = 0.0
+    batches: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        """Sampled frames processed per second of wall time."""
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def detect_video(
+    model: Any,
+    video: str | Path,
+    case_id: str,
+    model_version: str,
+    sample_fps: float = 5.0,
+    batch_size: int = 8,
+    imgsz: int = 320,
+    conf: float = 0.25,
+    device: str = "auto",
+    progress: Callable[[DetectionRun], None] | None = None,
+) -> tuple[pa.Table, DetectionRun]:
+    """Run the detector over a video, streaming; return the detections table and counters."""
+    run = DetectionRun()
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    batches: list[pa.RecordBatch] = []
+    pending: list[SampledFrame] = []
+
+    def flush() -> None:
+        results = model.predict(
+            [f.bgr for f in pending],
+            imgsz=imgsz,
+            conf=conf,
+            device=dev,
+            half=dev.startswith("cuda"),
+            verbose=False,
+            retina_masks=False,
+        )
+        rows = results_to_rows(results, pending, case_id, model_version)
+        if rows:
+            batches.extend(table_from_rows(DETECTIONS, rows).to_batches())
+        run.frames += len(pending)
+        run.detections += len(rows)
+        run.batches += 1
+        for r in rows:
+            run.per_class[r["class_name"]] = run.per_class.get(r["class_name"], 0) + 1
+        pending.clear()
+        run.seconds = time.perf_counter() - started
+        if progress:
+            progress(run)
+
+    for frame in sample_frames(video, sample_fps):
+        pending.append(frame)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    run.seconds = time.perf_counter() - started
+    table = (
+        pa.Table.from_batches(batches, schema=DETECTIONS) if batches else DETECTIONS.empty_table()
+    )
+    return table, run
+
+
+def class_names() -> dict[int, str]:
+    """Class id -> name of the Cholec80 instruments (the detector's vocabulary)."""
+    return dict(enumerate(INSTRUMENT_CLASSES))

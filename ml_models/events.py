@@ -1,0 +1,255 @@
+"""Video events: black frames, colour bars, scene cuts, out-of-body frames, burned-in text.
+
+Each detector turns sampled frames into intervals with a score. Black frames and colour bars are
+simple image statistics; scene cuts come from PySceneDetect's content detector; out-of-body frames
+from a small CNN (:mod:`ml_models.frames`) trained on synthetic operating-room scenes against
+in-body frames; burned-in text from strokes that stay put while the scene moves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ml_models.errors import InputError
+from ml_models.frames import FrameCNN, predict_proba, prepare
+from ml_models.tables import EVENTS, table_from_rows
+from ml_models.video import sample_frames
+
+EVENT_KINDS = ("black", "colour_bars", "scene_cut", "out_of_body", "burned_in_text")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interval of one kind."""
+
+    kind: str
+    start_s: float
+    end_s: float
+    score: float
+    detail: str = ""
+
+
+def black_score(bgr: np.ndarray) -> float:
+    """1.0 for a black frame; falls to 0 as the brightest 1% of pixels lights up."""
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    p99 = float(np.percentile(gray, 99))
+    return float(np.clip((40.0 - p99) / 25.0, 0.0, 1.0))
+
+
+def colour_bars_score(bgr: np.ndarray) -> float:
+    """How much the frame looks like test-pattern colour bars (uniform, distinct vertical bands).
+
+    Looks at the top two thirds (SMPTE patterns change below) split into seven columns: each
+    column must be flat, and neighbouring columns must differ strongly in colour.
+    """
+    h, w = bgr.shape[:2]
+    top = bgr[: int(h * 0.6)].astype(np.float32)
+    bands = np.array_split(top, 7, axis=1)
+    inner = [b[:, b.shape[1] // 6 : -max(1, b.shape[1] // 6)] for b in bands]
+    stds = np.array([b.reshape(-1, 3).std(axis=0).mean() for b in inner])
+    means = np.array([b.reshape(-1, 3).mean(axis=0) for b in inner])
+    flat = float((stds < 12).mean())
+    steps = np.linalg.norm(np.diff(means, axis=0), axis=1)
+    distinct = float((steps > 40).mean())
+    saturation = float(np.mean(means.max(axis=1) - means.min(axis=1)) > 60)
+    return flat * distinct * (0.5 + 0.5 * saturation)
+
+
+class TextPersistence:
+    """Finds burned-in text: thin high-contrast strokes, in lines, that persist across frames.
+
+    Tissue texture and specular highlights also give strong edges, but they move with the camera;
+    an overlay stays in the same pixels, so a map of text-like pixels averaged over a window of
+    frames keeps the overlay and loses the scene.
+    """
+
+    def __init__(self, window: int = 8, persistence: float = 0.7) -> None:
+        self.window = window
+        self.persistence = persistence
+        self.maps: list[np.ndarray] = []
+
+    @staticmethod
+    def text_like(bgr: np.ndarray) -> np.ndarray:
+        """Binary map of pixels that look like parts of a line of text."""
+        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        grad = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+        strokes = (grad > 90).astype(np.uint8)
+        # Join letters into words and lines.
+        return cv2.morphologyEx(strokes, cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8))
+
+    def update(self, bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Add a frame; return the text boxes (x1, y1, x2, y2) persistent over the window."""
+        self.maps.append(self.text_like(bgr))
+        if len(self.maps) > self.window:
+            self.maps.pop(0)
+        if len(self.maps) < min(3, self.window):
+            return []
+        persistent = (np.mean(self.maps, axis=0) >= self.persistence).astype(np.uint8)
+        persistent = cv2.dilate(persistent, np.ones((3, 7), np.uint8))
+        n, _, stats, _ = cv2.connectedComponentsWithStats(persistent, connectivity=8)
+        h, w = bgr.shape[:2]
+        boxes = []
+        for i in range(1, n):
+            x, y, bw, bh, area = stats[i]
+            if not (6 <= bh <= 0.12 * h and bw >= 2 * bh and bw <= 0.8 * w):
+                continue
+            if area < 0.3 * bw * bh:  # arcs (the endoscope's circular border) are sparse boxes
+                continue
+            boxes.append((int(x), int(y), int(x + bw), int(y + bh)))
+        return boxes
+
+
+def _intervals(
+    kind: str, times: np.ndarray, scores: np.ndarray, step: float, threshold: float = 0.5
+) -> list[Event]:
+    """Runs of samples scoring at or above ``threshold`` -> events (end = last sample + step)."""
+    events = []
+    start = None
+    for i, s in enumerate(scores):
+        if s >= threshold and start is None:
+            start = i
+        if (s < threshold or i == len(scores) - 1) and start is not None:
+            end = i if s < threshold else i + 1
+            events.append(
+                Event(kind, float(times[start]), float(times[end - 1] + step),
+                      float(np.mean(scores[start:end])))
+            )  # fmt: skip
+            start = None
+    return events
+
+
+def scene_cuts(video: str | Path, threshold: float = 27.0) -> list[Event]:
+    """Hard cuts found by PySceneDetect's ContentDetector (PyAV backend, downscaled)."""
+    from scenedetect import ContentDetector, SceneManager, open_video
+
+    stream = open_video(str(video), backend="pyav")
+    manager = SceneManager()
+    manager.auto_downscale = True
+    manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=5))
+    manager.detect_scenes(stream, show_progress=False)
+    fps = float(stream.frame_rate)
+    return [
+        Event("scene_cut", cut.get_seconds(), cut.get_seconds() + 1.0 / fps, 1.0)
+        for cut in manager.get_cut_list()
+    ]
+
+
+@dataclass
+class OutOfBodyClassifier:
+    """A FrameCNN with two classes: 0 in-body, 1 out-of-body."""
+
+    model: FrameCNN
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights with a marker of what they are."""
+        torch.save({"kind": "surg-out-of-body", "state": self.model.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> OutOfBodyClassifier:
+        """Read weights written by :meth:`save`."""
+        if not Path(path).is_file():
+            raise InputError(
+                "the out-of-body model file does not exist; train one with "
+                "`surg train out-of-body`."
+            )
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(blob, dict) or blob.get("kind") != "surg-out-of-body":
+            raise InputError("the out-of-body model file is not a surg out-of-body model.")
+        model = FrameCNN(2)
+        model.load_state_dict(blob["state"])
+        model.eval()
+        return cls(model)
+
+    def scores(self, prepared: np.ndarray) -> np.ndarray:
+        """Probability of out-of-body per prepared frame."""
+        return predict_proba(self.model, prepared)[:, 1] if len(prepared) else np.zeros(0)
+
+
+@dataclass
+class EventScan:
+    """Everything one pass over the sampled frames found."""
+
+    events: list[Event] = field(default_factory=list)
+    frames: int = 0
+
+
+def scan_video(
+    video: str | Path,
+    out_of_body: OutOfBodyClassifier | None,
+    sample_fps: float = 2.0,
+    cut_threshold: float = 27.0,
+) -> EventScan:
+    """Find every event kind in a video (one sampled pass plus PySceneDetect's pass)."""
+    times, black, bars, prepared = [], [], [], []
+    text = TextPersistence(window=max(3, int(4 * sample_fps)))
+    text_hits: list[tuple[float, list[tuple[int, int, int, int]]]] = []
+    for frame in sample_frames(video, sample_fps):
+        times.append(frame.t_s)
+        black.append(black_score(frame.bgr))
+        bars.append(colour_bars_score(frame.bgr))
+        prepared.append(prepare(frame.bgr))
+        text_hits.append((frame.t_s, text.update(frame.bgr)))
+    t = np.asarray(times)
+    step = 1.0 / sample_fps
+    scan = EventScan(frames=len(times))
+    scan.events += _intervals("black", t, np.asarray(black), step)
+    scan.events += _intervals("colour_bars", t, np.asarray(bars), step)
+    if out_of_body is not None and prepared:
+        oob = out_of_body.scores(np.stack(prepared))
+        # Black frames and test patterns are their own events, not out-of-body scenes.
+        oob = np.where((np.asarray(black) >= 0.5) | (np.asarray(bars) >= 0.5), 0.0, oob)
+        scan.events += _intervals("out_of_body", t, oob, step)
+    scan.events += _text_events(text_hits, step, text.window)
+    scan.events += scene_cuts(video, cut_threshold)
+    scan.events.sort(key=lambda e: (e.start_s, e.kind))
+    return scan
+
+
+def _text_events(
+    hits: list[tuple[float, list[tuple[int, int, int, int]]]], step: float, window: int
+) -> list[Event]:
+    """Text boxes over time -> one event per stretch of frames showing text, boxes in detail.
+
+    The persistence window makes text visible only after ``window`` frames; the interval is
+    extended back by that much so redaction starts on the overlay's first frame.
+    """
+    times = np.asarray([t for t, _ in hits])
+    flags = np.asarray([1.0 if boxes else 0.0 for _, boxes in hits])
+    events = []
+    for ev in _intervals("burned_in_text", times, flags, step):
+        inside = [b for t, boxes in hits if ev.start_s <= t < ev.end_s for b in boxes]
+        union = [
+            min(b[0] for b in inside), min(b[1] for b in inside),
+            max(b[2] for b in inside), max(b[3] for b in inside),
+        ]  # fmt: skip
+        start = max(0.0, ev.start_s - window * step)
+        events.append(
+            Event("burned_in_text", start, ev.end_s, ev.score, json.dumps({"box": union}))
+        )
+    return events
+
+
+def events_table(events: Iterable[Event], case_id: str) -> pa.Table:
+    """Events -> the events table of DESIGN.md."""
+    return table_from_rows(
+        EVENTS,
+        [
+            {
+                "case_id": case_id,
+                "kind": e.kind,
+                "start_s": round(e.start_s, 3),
+                "end_s": round(e.end_s, 3),
+                "score": e.score,
+                "detail": e.detail,
+            }
+            for e in events
+        ],
+    )

@@ -1,0 +1,151 @@
+"""A small frame CNN shared by the phase model's feature stage and the out-of-body classifier.
+
+Both see one frame per second at low resolution: colour and texture (tissue vs operating room,
+gallbladder vs liver bed, the bag, clips) matter more than fine detail, and a small network trains
+in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ml_models.video import sample_frames
+
+FRAME_SIZE = 96
+
+
+class FrameCNN(nn.Module):
+    """Four conv blocks -> a ``feature_dim`` embedding -> ``n_classes`` logits."""
+
+    def __init__(self, n_classes: int, feature_dim: int = 64) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.features = nn.Sequential(
+            block(3, 16), block(16, 32), block(32, 64), block(64, feature_dim),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(feature_dim, n_classes)
+        self.feature_dim = feature_dim
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings (N, feature_dim)."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, n_classes)."""
+        return self.head(self.embed(x))
+
+
+def prepare(bgr: np.ndarray) -> np.ndarray:
+    """A decoded BGR frame -> the CNN's input (FRAME_SIZE square RGB, uint8)."""
+    small = cv2.resize(bgr, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
+    return small[..., ::-1].copy()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> normalised (N, 3, H, W) float tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - 0.45) / 0.25
+
+
+def frames_per_second(video: str | Path, fps: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a video at ``fps``; return (times (N,), prepared images (N, S, S, 3))."""
+    times, images = [], []
+    for frame in sample_frames(video, fps):
+        times.append(frame.t_s)
+        images.append(prepare(frame.bgr))
+    if not images:
+        return np.zeros(0), np.zeros((0, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
+    return np.asarray(times), np.stack(images)
+
+
+def batches(n: int, size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    """Index batches over ``n`` items (shuffled when ``rng`` is given)."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for i in range(0, n, size):
+        yield order[i : i + size]
+
+
+def train_classifier(
+    model: FrameCNN,
+    images: np.ndarray,
+    labels: np.ndarray,
+    epochs: int = 8,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    augment: bool = True,
+) -> list[float]:
+    """Train a FrameCNN on prepared images; return the loss per epoch."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    counts = np.bincount(labels, minlength=model.head.out_features).astype(np.float32)
+    # Rare classes (short phases, out-of-body minutes) would otherwise be ignored.
+    weights = torch.tensor(
+        np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
+        dtype=torch.float32,
+    )
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    history = []
+    model.train()
+    for _ in range(epochs):
+        total = 0.0
+        for idx in batches(len(images), batch_size, rng):
+            x = to_tensor(images[idx])
+            if augment:
+                x = _augment(x, rng)
+            y = torch.from_numpy(labels[idx]).long()
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history.append(total / max(1, len(images)))
+    model.eval()
+    return history
+
+
+def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Flips and brightness/contrast jitter: the camera and the light change from case to case."""
+    if rng.random() < 0.5:
+        x = torch.flip(x, dims=[3])
+    scale = torch.from_numpy(rng.uniform(0.8, 1.2, (x.shape[0], 1, 1, 1)).astype(np.float32))
+    shift = torch.from_numpy(rng.uniform(-0.2, 0.2, (x.shape[0], 1, 1, 1)).astype(np.float32))
+    return x * scale + shift
+
+
+@torch.no_grad()
+def embed_images(model: FrameCNN, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Embeddings of prepared images, (N, feature_dim)."""
+    model.eval()
+    out = [
+        model.embed(to_tensor(images[i : i + batch_size])).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, model.feature_dim), np.float32)
+
+
+@torch.no_grad()
+def predict_proba(model: FrameCNN, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities of prepared images, (N, n_classes)."""
+    model.eval()
+    out = [
+        torch.softmax(model(to_tensor(images[i : i + batch_size])), dim=1).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, model.head.out_features), np.float32)

@@ -1,0 +1,264 @@
+"""Two-stage surgical phase recognition: per-second frame features, then a causal temporal model.
+
+Stage 1 is a :class:`~ml_models.frames.FrameCNN` trained to classify single frames into phases;
+its embeddings (optionally with instrument presence from the detector) feed stage 2, a causal
+multi-stage temporal convolutional network in the spirit of TeCNO: dilated causal convolutions
+see only the past, so the same model serves live and offline use, and later stages refine the
+earlier stages' predictions. The phase vocabulary comes from the training data.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_models.errors import InputError
+from ml_models.frames import FrameCNN, embed_images, frames_per_second, train_classifier
+
+
+class CausalResidual(nn.Module):
+    """Dilated causal conv + 1x1 conv with a residual connection."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.pad = 2 * dilation  # kernel 3: look back 2*dilation steps, never ahead
+        self.conv = nn.Conv1d(channels, channels, 3, dilation=dilation)
+        self.out = nn.Conv1d(channels, channels, 1)
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, C, T)."""
+        h = F.relu(self.conv(F.pad(x, (self.pad, 0))))
+        return x + self.drop(self.out(h))
+
+
+class Stage(nn.Module):
+    """One TCN stage: input projection, ``layers`` dilated causal blocks, class logits."""
+
+    def __init__(self, in_dim: int, channels: int, n_classes: int, layers: int) -> None:
+        super().__init__()
+        self.inp = nn.Conv1d(in_dim, channels, 1)
+        self.blocks = nn.Sequential(*[CausalResidual(channels, 2**i) for i in range(layers)])
+        self.cls = nn.Conv1d(channels, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim, T) -> logits (B, n_classes, T)."""
+        return self.cls(self.blocks(self.inp(x)))
+
+
+class CausalMSTCN(nn.Module):
+    """Multi-stage causal TCN: stage k refines the softmax of stage k-1."""
+
+    def __init__(
+        self, in_dim: int, n_classes: int, stages: int = 2, channels: int = 32, layers: int = 8
+    ) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(
+            [Stage(in_dim, channels, n_classes, layers)]
+            + [Stage(n_classes, channels, n_classes, layers) for _ in range(stages - 1)]
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, in_dim, T) -> logits of every stage, each (B, n_classes, T)."""
+        outs = [self.stages[0](x)]
+        for stage in self.stages[1:]:
+            outs.append(stage(F.softmax(outs[-1], dim=1)))
+        return outs
+
+
+@dataclass
+class PhaseVideo:
+    """A training video with one phase label per sampled second."""
+
+    video: Path
+    labels: np.ndarray  # (seconds,) phase ids
+
+
+@dataclass
+class PhaseModel:
+    """The trained two-stage model and its vocabulary."""
+
+    encoder: FrameCNN
+    temporal: CausalMSTCN
+    phases: list[str]
+    sample_fps: float = 1.0
+
+    def save(self, path: str | Path) -> None:
+        """Write a single ``.pt`` bundle (state dicts + vocabulary)."""
+        torch.save(
+            {
+                "kind": "surg-phase-model",
+                "phases": self.phases,
+                "sample_fps": self.sample_fps,
+                "feature_dim": self.encoder.feature_dim,
+                "encoder": self.encoder.state_dict(),
+                "temporal": self.temporal.state_dict(),
+                "stages": len(self.temporal.stages),
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> PhaseModel:
+        """Read a bundle written by :meth:`save`."""
+        if not Path(path).is_file():
+            raise InputError(
+                "the phase model file does not exist; train one with `surg train phase`."
+            )
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(blob, dict) or blob.get("kind") != "surg-phase-model":
+            raise InputError("the phase model file is not a surg phase model; retrain it.")
+        n = len(blob["phases"])
+        encoder = FrameCNN(n, blob["feature_dim"])
+        encoder.load_state_dict(blob["encoder"])
+        temporal = CausalMSTCN(blob["feature_dim"], n, stages=blob["stages"])
+        temporal.load_state_dict(blob["temporal"])
+        encoder.eval()
+        temporal.eval()
+        return cls(encoder, temporal, list(blob["phases"]), blob["sample_fps"])
+
+    @torch.no_grad()
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Per-second phase probabilities (T, n_phases) from prepared 1 fps frames."""
+        feats = embed_images(self.encoder, images)
+        if len(feats) == 0:
+            return np.zeros((0, len(self.phases)), np.float32)
+        x = torch.from_numpy(feats.T[None]).float()
+        self.temporal.eval()
+        logits = self.temporal(x)[-1][0]
+        return torch.softmax(logits, dim=0).T.numpy()
+
+    def predict_video(self, video: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """(times (T,), probabilities (T, n_phases)) for a video."""
+        times, images = frames_per_second(video, self.sample_fps)
+        return times, self.predict_images(images)
+
+
+def train_phase_model(
+    videos: list[tuple[np.ndarray, np.ndarray]],
+    phases: list[str],
+    encoder_epochs: int = 6,
+    temporal_epochs: int = 60,
+    seed: int = 0,
+    log: Any = None,
+) -> PhaseModel:
+    """Train both stages.
+
+    Args:
+        videos: One ``(images, labels)`` pair per training video: prepared 1 fps frames and the
+            phase id of each second.
+        phases: The vocabulary (index = phase id).
+        encoder_epochs: Epochs of the frame classifier.
+        temporal_epochs: Epochs of the TCN over whole videos.
+        seed: Seed.
+        log: Optional callable receiving progress strings.
+    """
+    torch.manual_seed(seed)
+    n = len(phases)
+    all_images = np.concatenate([v[0] for v in videos])
+    all_labels = np.concatenate([v[1] for v in videos]).astype(np.int64)
+    encoder = FrameCNN(n)
+    started = time.perf_counter()
+    train_classifier(encoder, all_images, all_labels, epochs=encoder_epochs, seed=seed)
+    if log:
+        log(f"frame encoder trained in {time.perf_counter() - started:.0f} s")
+    feats = [embed_images(encoder, imgs) for imgs, _ in videos]
+    temporal = CausalMSTCN(encoder.feature_dim, n)
+    opt = torch.optim.AdamW(temporal.parameters(), lr=3e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    temporal.train()
+    for epoch in range(temporal_epochs):
+        for i in rng.permutation(len(videos)):
+            x = torch.from_numpy(feats[i].T[None]).float()
+            # Feature noise stands in for the frame encoder's errors on unseen videos.
+            x = x + 0.1 * torch.randn_like(x)
+            y = torch.from_numpy(videos[i][1].astype(np.int64))[None]
+            outs = temporal(x)
+            loss = sum(F.cross_entropy(o, y) + 0.15 * _smoothing_loss(o) for o in outs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if log and (epoch + 1) % 20 == 0:
+            log(f"temporal model epoch {epoch + 1}/{temporal_epochs}: loss {float(loss):.3f}")
+    temporal.eval()
+    encoder.eval()
+    return PhaseModel(encoder, temporal, list(phases))
+
+
+def _smoothing_loss(logits: torch.Tensor) -> torch.Tensor:
+    """MS-TCN's truncated MSE between neighbouring log-probabilities: penalises flicker."""
+    logp = F.log_softmax(logits, dim=1)
+    diff = (logp[:, :, 1:] - logp[:, :, :-1].detach()) ** 2
+    return torch.clamp(diff, max=16).mean()
+
+
+@dataclass(frozen=True)
+class PhaseSegment:
+    """A stretch of one phase."""
+
+    phase_id: int
+    start_s: float
+    end_s: float
+    confidence: float
+
+
+def segments_from_probabilities(
+    probs: np.ndarray, step_s: float = 1.0, min_segment_s: float = 10.0
+) -> list[PhaseSegment]:
+    """Turn per-step probabilities into phase segments, none shorter than ``min_segment_s``.
+
+    A short segment is absorbed by whichever neighbour's phase the model found more likely over
+    that stretch; the least certain short segment goes first.
+    """
+    if len(probs) == 0:
+        return []
+    labels = probs.argmax(axis=1)
+    segs = _runs(labels)
+    min_steps = max(1, int(round(min_segment_s / step_s)))
+    while len(segs) > 1:
+        short = [i for i, (_, s, e) in enumerate(segs) if e - s < min_steps]
+        if not short:
+            break
+        # Absorb the least certain short segment first: a flicker the model barely believed
+        # goes before a brief phase it was sure of.
+        i = min(short, key=lambda k: probs[segs[k][1] : segs[k][2], segs[k][0]].mean())
+        _, s, e = segs[i]
+        options = []
+        if i > 0:
+            options.append((probs[s:e, segs[i - 1][0]].mean(), i - 1))
+        if i < len(segs) - 1:
+            options.append((probs[s:e, segs[i + 1][0]].mean(), i + 1))
+        _, j = max(options)
+        segs[i] = (segs[j][0], s, e)
+        segs = _merge_equal(segs)
+    return [
+        PhaseSegment(int(p), s * step_s, e * step_s, float(probs[s:e, p].mean()))
+        for p, s, e in segs
+    ]
+
+
+def _runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
+    out = []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            out.append((int(labels[start]), start, i))
+            start = i
+    return out
+
+
+def _merge_equal(segs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    out: list[tuple[int, int, int]] = []
+    for p, s, e in segs:
+        if out and out[-1][0] == p:
+            out[-1] = (p, out[-1][1], e)
+        else:
+            out.append((p, s, e))
+    return out

@@ -1,0 +1,243 @@
+"""Training data from the lab's synthetic cases, and the recipe for the default models.
+
+Everything here is plain Python over folders: the Dagster training assets and the ``surg train``
+commands call these functions and store what they return.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ml_models.formats.cholec import load_cholec80_phases
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
+from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
+
+Log = Callable[[str], None]
+
+
+def synthetic_corpus(
+    root: str | Path,
+    seeds: list[int],
+    minutes: float,
+    size: tuple[int, int] = (854, 480),
+    log: Log | None = None,
+) -> list[Path]:
+    """Generate (or reuse) one synthetic case per seed under ``root/seed-N``."""
+    from ml_models.synthetic import generate
+
+    out = []
+    for seed in seeds:
+        folder = Path(root) / f"seed-{seed}"
+        summary = folder / "summary.json"
+        if not (summary.exists() and json.loads(summary.read_text()).get("seed") == seed):
+            started = time.perf_counter()
+            generate(folder, minutes=minutes, seed=seed, size=size)
+            if log:
+                took = time.perf_counter() - started
+                log(f"synthetic case seed {seed}: {minutes:g} min rendered in {took:.0f} s")
+        out.append(folder)
+    return out
+
+
+def phase_labels_at(case_dir: Path, times: np.ndarray) -> np.ndarray:
+    """Phase id at each time (seconds) from a case's Cholec80-style ``phase.txt``."""
+    summary = json.loads((case_dir / "summary.json").read_text())
+    fps = float(summary["fps"])
+    intervals = load_cholec80_phases(case_dir / "phase.txt", fps=fps).annotations
+    labels = np.zeros(len(times), np.int64)
+    frames = np.round(times * fps).astype(int)
+    for a in intervals:
+        labels[(frames >= a.frame_index) & (frames < a.end_frame)] = a.phase_id
+    return labels
+
+
+def interval_flags(case_dir: Path, kind: str, times: np.ndarray) -> np.ndarray:
+    """1 where ``times`` fall inside an ``events.json`` interval of ``kind``."""
+    events = json.loads((case_dir / "events.json").read_text())["events"]
+    flags = np.zeros(len(times), np.int64)
+    for e in events:
+        if e["kind"] == kind:
+            flags[(times >= e["start_s"]) & (times < e["end_s"])] = 1
+    return flags
+
+
+@dataclass
+class CaseFrames:
+    """A case sampled at 1 fps: times and prepared frames."""
+
+    case_dir: Path
+    times: np.ndarray
+    images: np.ndarray
+
+
+def sample_cases(case_dirs: list[Path], fps: float = 1.0) -> list[CaseFrames]:
+    """Decode each synthetic case's video at ``fps``."""
+    return [CaseFrames(d, *frames_per_second(d / "video.mp4", fps)) for d in case_dirs]
+
+
+def detector_dataset(
+    case_dirs: list[Path], out_dir: str | Path, val_cases: int = 1, extra_yolo: Path | None = None
+) -> Path:
+    """Merge the cases' ``yolo-seg`` samples into one dataset; the last cases are validation.
+
+    Splitting by case, not by frame, keeps near-identical neighbouring frames out of both sides.
+
+    Returns:
+        The ``data.yaml`` path (absolute paths, ready for ultralytics).
+    """
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    for i, d in enumerate(case_dirs):
+        split = "val" if i >= len(case_dirs) - val_cases else "train"
+        for sub in ("images", "labels"):
+            dst = out / sub / split
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in sorted((d / "yolo-seg" / sub).iterdir()):
+                shutil.copyfile(f, dst / f"{d.name}_{f.name}")
+    if extra_yolo is not None:
+        for sub in ("images", "labels"):
+            dst = out / sub / "train"
+            for f in sorted((extra_yolo / sub).iterdir()):
+                shutil.copyfile(f, dst / f"extra_{f.name}")
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(INSTRUMENT_CLASSES))
+    data = out / "data.yaml"
+    data.write_text(
+        f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
+    )
+    return data
+
+
+def out_of_body_data(
+    cases: list[CaseFrames], real_in_body: list[Path] | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames labelled 1 (out of body: the operating room) or 0 (in the abdomen).
+
+    Black frames and colour bars are left out: they are events of their own. Real laparoscopic
+    frames, when available, join the in-body class so the classifier does not learn "synthetic
+    texture = in body".
+    """
+    images, labels = [], []
+    for c in cases:
+        oob = interval_flags(c.case_dir, "out_of_body", c.times)
+        skip = interval_flags(c.case_dir, "black", c.times) | interval_flags(
+            c.case_dir, "colour_bars", c.times
+        )
+        keep = skip == 0
+        images.append(c.images[keep])
+        labels.append(oob[keep])
+    if real_in_body:
+        import cv2
+
+        rng = random.Random(seed)
+        picked = rng.sample(real_in_body, min(len(real_in_body), 300))
+        real = [prepare(cv2.imread(str(p))) for p in picked]
+        images.append(np.stack(real))
+        labels.append(np.zeros(len(real), np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@dataclass
+class DefaultModels:
+    """Files and metrics of a training of the default models."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def train_out_of_body(
+    cases: list[CaseFrames], out: Path, real_in_body: list[Path] | None = None, epochs: int = 6
+) -> tuple[Path, dict[str, float]]:
+    """Train the out-of-body classifier; return the weights file and training accuracy."""
+    from ml_models.events import OutOfBodyClassifier
+    from ml_models.frames import predict_proba
+
+    images, labels = out_of_body_data(cases, real_in_body)
+    model = FrameCNN(2)
+    train_classifier(model, images, labels, epochs=epochs)
+    acc = float((predict_proba(model, images).argmax(1) == labels).mean())
+    OutOfBodyClassifier(model).save(out)
+    return out, {"train_accuracy": acc, "frames": float(len(labels))}
+
+
+def train_phases(
+    cases: list[CaseFrames], out: Path, encoder_epochs: int = 6, temporal_epochs: int = 60
+) -> tuple[Path, dict[str, float]]:
+    """Train the two-stage phase model on whole synthetic cases."""
+    from ml_models.phases import train_phase_model
+
+    videos = [(c.images, phase_labels_at(c.case_dir, c.times)) for c in cases]
+    model = train_phase_model(
+        videos, list(PHASES), encoder_epochs=encoder_epochs, temporal_epochs=temporal_epochs
+    )
+    acc = float(
+        np.mean(
+            np.concatenate(
+                [model.predict_images(imgs).argmax(1) == labels for imgs, labels in videos]
+            )
+        )
+    )
+    model.save(out)
+    return out, {"train_frame_accuracy": acc, "videos": float(len(videos))}
+
+
+def train_default_models(
+    work_dir: str | Path,
+    out_dir: str | Path,
+    seeds: tuple[int, ...] = (1001, 1002, 1003, 1004),
+    minutes: float = 3.0,
+    detector_epochs: int = 8,
+    imgsz: int = 320,
+    log: Log | None = None,
+) -> DefaultModels:
+    """The reproducible recipe for the shipped default models (synthetic data only).
+
+    The last seed's case is held out for validation of the detector; the phase and out-of-body
+    models train on the others.
+
+    Returns:
+        Weights files in ``out_dir`` (``instrument_detector.pt``, ``phase_model.pt``,
+        ``out_of_body_model.pt``) with their metrics and timings.
+    """
+    from ml_models.detector import evaluate_detector, train_detector
+
+    log = log or (lambda _msg: None)
+    work, out = Path(work_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = DefaultModels()
+    started = time.perf_counter()
+    cases = synthetic_corpus(work / "synthetic", list(seeds), minutes, log=log)
+    result.seconds["synthetic"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    sampled = sample_cases(cases[:-1])
+    path, metrics = train_out_of_body(sampled, out / "out_of_body_model.pt")
+    result.files["out_of_body_model"], result.metrics["out_of_body_model"] = path, metrics
+    result.seconds["out_of_body_model"] = time.perf_counter() - started
+    log(f"out-of-body classifier: {metrics}")
+
+    started = time.perf_counter()
+    path, metrics = train_phases(sampled, out / "phase_model.pt")
+    result.files["phase_model"], result.metrics["phase_model"] = path, metrics
+    result.seconds["phase_model"] = time.perf_counter() - started
+    log(f"phase model: {metrics}")
+
+    started = time.perf_counter()
+    data = detector_dataset(cases, work / "detector-dataset", val_cases=1)
+    trained = train_detector(data, work / "detector-runs", epochs=detector_epochs, imgsz=imgsz)
+    shutil.copyfile(trained.weights, out / "instrument_detector.pt")
+    metrics = evaluate_detector(out / "instrument_detector.pt", data, imgsz=imgsz)
+    result.files["instrument_detector"] = out / "instrument_detector.pt"
+    result.metrics["instrument_detector"] = metrics
+    result.seconds["instrument_detector"] = time.perf_counter() - started
+    log(f"instrument detector: {metrics}")
+    return result

@@ -1,0 +1,214 @@
+"""`surg train ...` and `surg models ...`: training commands and the registry from the terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ml_models.errors import InputError
+
+train_app = typer.Typer(
+    help="Train models and register them (status Pending).", no_args_is_help=True
+)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _registry() -> Any:
+    from resources.settings import load_settings
+    from surg_assets.settings import build_resources
+
+    return build_resources(load_settings(), deferred=False)["registry"]
+
+
+def _card(name: str, command: list[str], dataset: str, **extra: Any) -> dict[str, Any]:
+    """A model card: what was trained on what, how, where, and when."""
+    import torch
+
+    return {
+        "name": name,
+        "dataset_version": dataset,
+        "command": " ".join(command),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+        **extra,
+    }
+
+
+def _register(name: str, weights: Path, card: dict, metrics: dict, approve_as: str | None) -> None:
+    registry = _registry()
+    row = registry.register(
+        name,
+        {"weights.pt": weights},
+        card=card,
+        metrics=metrics,
+        dataset_version=card.get("dataset_version"),
+        status="Approved" if approve_as else "Pending",
+        decided_by=approve_as,
+    )
+    err.print(f"{name} {row.version} registered ({row.status}); metrics: {json.dumps(metrics)}")
+    out.print(row.version)
+
+
+@train_app.command("detector")
+def train_detector_command(
+    data: Path = typer.Option(..., "--data", help="YOLO data.yaml (segmentation labels)."),
+    epochs: int = typer.Option(30, help="Training epochs."),
+    imgsz: int = typer.Option(320, help="Training image size."),
+    model: str = typer.Option("yolo11n-seg.yaml", help="Model yaml (from scratch) or weights."),
+    approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
+) -> None:
+    """Train the instrument detector on a YOLO dataset and register it."""
+    from ml_models.detector import evaluate_detector, train_detector
+
+    if not data.is_file():
+        raise InputError("the --data file does not exist; pass a YOLO data.yaml.")
+    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+        err.print(f"training the instrument detector for {epochs} epochs at {imgsz} px")
+        result = train_detector(data, tmp, epochs=epochs, imgsz=imgsz, init=model)
+        metrics = evaluate_detector(result.weights, data, imgsz=imgsz)
+        card = _card(
+            "instrument_detector",
+            sys.argv,
+            f"yolo:{data.parent.name}",
+            arch=model,
+            epochs=epochs,
+            imgsz=imgsz,
+            train_seconds=round(result.seconds, 1),
+        )
+        _register("instrument_detector", result.weights, card, metrics, approve_as)
+
+
+@train_app.command("phase")
+def train_phase_command(
+    data: Path = typer.Option(..., "--data", help="Folder of synthetic cases (`surg synth`)."),
+    temporal_epochs: int = typer.Option(60, help="Epochs of the temporal model."),
+    approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
+) -> None:
+    """Train the phase model on labelled full-length videos (folders from `surg synth`)."""
+    from ml_models.training import sample_cases, train_phases
+
+    cases = sorted(p.parent for p in data.glob("*/phase.txt")) or (
+        [data] if (data / "phase.txt").exists() else []
+    )
+    if not cases:
+        raise InputError("the --data folder holds no labelled case (video.mp4 + phase.txt).")
+    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+        path, metrics = train_phases(
+            sample_cases(cases), Path(tmp) / "phase.pt", temporal_epochs=temporal_epochs
+        )
+        card = _card("phase_model", sys.argv, f"cases:{len(cases)}", videos=len(cases))
+        _register("phase_model", path, card, metrics, approve_as)
+
+
+@train_app.command("out-of-body")
+def train_out_of_body_command(
+    data: Path = typer.Option(..., "--data", help="Folder of synthetic cases (`surg synth`)."),
+    approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
+) -> None:
+    """Train the out-of-body classifier on synthetic cases (and real frames when present)."""
+    from ml_models.training import sample_cases, train_out_of_body
+
+    cases = sorted(p.parent for p in data.glob("*/events.json")) or (
+        [data] if (data / "events.json").exists() else []
+    )
+    if not cases:
+        raise InputError("the --data folder holds no labelled case (video.mp4 + events.json).")
+    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+        path, metrics = train_out_of_body(sample_cases(cases), Path(tmp) / "oob.pt")
+        card = _card("out_of_body_model", sys.argv, f"cases:{len(cases)}")
+        _register("out_of_body_model", path, card, metrics, approve_as)
+
+
+@models_app.command("list")
+def models_list(name: str | None = typer.Argument(None, help="Only this model.")) -> None:
+    """Registered versions with status and metrics."""
+    table = Table()
+    for column in ("model", "version", "status", "decided by", "dataset", "metrics"):
+        table.add_column(column, no_wrap=column in ("model", "version"))
+    for v in _registry().versions(name):
+        metrics = ", ".join(f"{k}={val:.3f}" for k, val in list(v.metrics.items())[:4])
+        table.add_row(
+            v.name, v.version, v.status, v.decided_by or "", v.dataset_version or "", metrics
+        )
+    out.print(table)
+
+
+@models_app.command("path")
+def models_path(
+    name: str = typer.Argument(..., help="Model name, e.g. instrument_detector."),
+) -> None:
+    """Print the local path of the newest Approved weights of NAME."""
+    from surg_assets.models import approved_model
+
+    _, path = approved_model(_registry(), name)
+    out.print(str(path), soft_wrap=True)
+
+
+@models_app.command("approve")
+def models_approve(
+    name: str, version: str, by: str = typer.Option(..., "--by", help="Who approves.")
+) -> None:
+    """Approve a version: case assets use it from the next run."""
+    row = _registry().decide(name, version, "Approved", by)
+    err.print(f"{row.name} {row.version} approved by {by}")
+
+
+@models_app.command("reject")
+def models_reject(
+    name: str,
+    version: str,
+    by: str = typer.Option(..., "--by", help="Who rejects."),
+    reason: str = typer.Option(..., "--reason", help="Why."),
+) -> None:
+    """Reject a version, with the reason."""
+    row = _registry().decide(name, version, "Rejected", by, reason)
+    err.print(f"{row.name} {row.version} rejected by {by}: {reason}")
+
+
+@models_app.command("train-defaults")
+def models_train_defaults(
+    out_dir: Path = typer.Option(
+        Path(__file__).resolve().parents[1] / "ml_models" / "default_weights",
+        "--out",
+        help="Where the default weights go.",
+    ),
+    epochs: int = typer.Option(10, help="Detector epochs."),
+) -> None:
+    """Train the shipped default models from synthetic data only (what `make models` runs)."""
+    from ml_models.training import train_default_models
+    from resources.settings import load_settings
+
+    settings = load_settings()
+    started = time.perf_counter()
+    result = train_default_models(
+        settings.home / "default-training",
+        out_dir,
+        detector_epochs=epochs,
+        log=lambda m: err.print(f"[{time.perf_counter() - started:5.0f} s] {m}"),
+    )
+    cards = {
+        name: _card(
+            name,
+            sys.argv,
+            "synthetic-default",
+            metrics=result.metrics[name],
+            train_seconds=round(result.seconds[name], 1),
+            data="synthetic cases, seeds 1001-1004 (3 min each; 1004 held out for the detector)",
+        )
+        for name in result.files
+    }
+    (out_dir / "cards.json").write_text(json.dumps(cards, indent=2))
+    err.print(f"default models written in {time.perf_counter() - started:.0f} s")

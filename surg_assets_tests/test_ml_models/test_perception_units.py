@@ -1,0 +1,182 @@
+"""Perception building blocks: sampling, the detector adapter, tracking, phases, events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ml_models.events import (
+    TextPersistence,
+    black_score,
+    colour_bars_score,
+    events_table,
+    scene_cuts,
+)
+from ml_models.phases import CausalMSTCN, segments_from_probabilities
+from ml_models.tables import DETECTIONS, EVENTS, TRACKS, table_from_rows
+from ml_models.tracking import track_detections, usage_intervals
+from ml_models.video import sample_frames, write_sample_video
+
+
+def test_sampling_takes_the_requested_rate_in_a_bounded_queue(tmp_path: Path) -> None:
+    video = write_sample_video(tmp_path / "v.mp4", seconds=4, fps=25)
+    frames = list(sample_frames(video, 5.0, max_queue=2))
+    assert len(frames) == 20
+    assert [f.frame_index for f in frames[:4]] == [0, 5, 10, 15]
+    assert np.allclose(np.diff([f.t_s for f in frames]), 0.2)
+    assert frames[0].bgr.shape == (240, 320, 3)
+
+
+def test_sampling_stops_the_decoder_when_the_consumer_stops_early(tmp_path: Path) -> None:
+    video = write_sample_video(tmp_path / "v.mp4", seconds=4, fps=25)
+    gen = sample_frames(video, 25.0, max_queue=1)
+    first = next(gen)
+    gen.close()  # must not hang on a full queue
+    assert first.frame_index == 0
+
+
+def test_detector_adapter_maps_results_to_the_table_schema(tmp_path: Path) -> None:
+    from ml_models.detector import results_to_rows
+    from ml_models.ultra import ultralytics_offline
+
+    ultralytics_offline()
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n-seg.yaml", task="segment")  # random weights: boxes are noise
+    video = write_sample_video(tmp_path / "v.mp4", seconds=1, fps=5)
+    frames = list(sample_frames(video, 5.0))
+    results = model.predict([f.bgr for f in frames], imgsz=160, conf=0.0, verbose=False)
+    rows = results_to_rows(results, frames, "c1", "instrument_detector:v0")
+    expected = sum(len(r.boxes) for r in results)
+    assert len(rows) == expected > 0
+    table = table_from_rows(DETECTIONS, rows)
+    assert table.schema.equals(DETECTIONS)
+    first = results[0].boxes
+    assert rows[0]["x1"] == pytest.approx(float(first.xyxy[0, 0]))
+    assert rows[0]["confidence"] == pytest.approx(float(first.conf[0]))
+    assert rows[0]["frame_index"] == frames[0].frame_index
+
+
+def _two_instruments() -> list[dict]:
+    """Two instruments crossing the view; the hook hides for 3 samples (occlusion)."""
+    rows = []
+    for f in range(40):
+        for x, cls, name in ((50 + 4 * f, 0, "grasper"), (500 - 4 * f, 2, "hook")):
+            if cls == 2 and 15 <= f < 18:
+                continue
+            rows.append(
+                {
+                    "case_id": "c1", "frame_index": f * 5, "t_s": f / 5, "class_id": cls,
+                    "class_name": name, "confidence": 0.9, "x1": x, "y1": 200.0,
+                    "x2": x + 60, "y2": 260.0, "mask": [0.0, 0.0], "model_version": "v",
+                }
+            )  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("tracker", ["bytetrack", "botsort"])
+def test_tracks_are_stable_through_an_occlusion(tracker: str) -> None:
+    detections = table_from_rows(DETECTIONS, _two_instruments())
+    tracks = track_detections(detections, (854, 480), 5.0, tracker)
+    assert tracks.schema.equals(TRACKS)
+    df = tracks.to_pandas()
+    ids = df.groupby("class_name")["track_id"].unique()
+    assert len(ids["grasper"]) == 1 and len(ids["hook"]) == 1
+    assert ids["grasper"][0] != ids["hook"][0]
+    usage = usage_intervals(tracks, 5.0, max_gap_s=2.0).to_pandas()
+    # The 0.6 s occlusion is bridged: one interval per instrument, covering the whole 8 s.
+    assert sorted(usage["class_name"]) == ["grasper", "hook"]
+    assert (usage["start_s"] == 0).all() and np.allclose(usage["end_s"], 8.0)
+    short_gap = usage_intervals(tracks, 5.0, max_gap_s=0.5).to_pandas()
+    assert len(short_gap[short_gap.class_name == "hook"]) == 2
+
+
+def test_phase_segments_respect_the_minimum_length() -> None:
+    probs = np.zeros((60, 3), np.float32)
+    probs[:25, 0] = 0.9
+    probs[25:28, 1] = 0.6  # a 3 s flicker inside phase 0 ...
+    probs[25:28, 0] = 0.3
+    probs[28:30, 0] = 0.9
+    probs[30:, 2] = 0.8
+    probs[probs.sum(1) == 0, 0] = 1.0
+    segs = segments_from_probabilities(probs, 1.0, min_segment_s=5)
+    assert [(s.phase_id, s.start_s, s.end_s) for s in segs] == [(0, 0, 30), (2, 30, 60)]
+    assert segs[1].confidence == pytest.approx(0.8)
+    raw = segments_from_probabilities(probs, 1.0, min_segment_s=1)
+    assert [s.phase_id for s in raw] == [0, 1, 0, 2]
+
+
+def test_temporal_model_is_causal() -> None:
+    torch.manual_seed(0)
+    model = CausalMSTCN(in_dim=8, n_classes=4, stages=2, channels=8, layers=4).eval()
+    x = torch.randn(1, 8, 50)
+    y = x.clone()
+    y[:, :, 30:] = torch.randn(1, 8, 20)  # change only the future
+    with torch.no_grad():
+        a, b = model(x)[-1], model(y)[-1]
+    assert torch.allclose(a[:, :, :30], b[:, :, :30], atol=1e-6)
+    assert not torch.allclose(a[:, :, 30:], b[:, :, 30:])
+
+
+def test_black_and_colour_bar_scores() -> None:
+    rng = np.random.default_rng(0)
+    black = np.full((240, 320, 3), 3, np.uint8)
+    tissue = rng.integers(60, 200, (240, 320, 3), dtype=np.uint8)
+    bars = np.zeros((240, 320, 3), np.uint8)
+    colours = [(255, 255, 255), (0, 255, 255), (255, 255, 0), (0, 255, 0), (255, 0, 255),
+               (0, 0, 255), (255, 0, 0)]  # fmt: skip
+    for i, c in enumerate(colours):
+        bars[:, i * 320 // 7 : (i + 1) * 320 // 7] = c
+    assert black_score(black) == 1.0 and black_score(tissue) == 0.0
+    assert colour_bars_score(bars) > 0.9
+    assert colour_bars_score(tissue) < 0.2 and colour_bars_score(black) < 0.2
+
+
+def test_burned_in_text_is_found_where_it_was_drawn() -> None:
+    rng = np.random.default_rng(1)
+    text = TextPersistence(window=6)
+    boxes = []
+    for i in range(8):
+        frame = cv2.GaussianBlur(rng.integers(40, 220, (240, 320, 3), dtype=np.uint8), (0, 0), 3)
+        frame = np.roll(frame, 7 * i, axis=1)  # the scene moves, the overlay does not
+        cv2.putText(frame, "DOE JANE 1970", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (235, 235, 235), 1, cv2.LINE_AA)  # fmt: skip
+        boxes = text.update(frame)
+    assert len(boxes) >= 1
+    x1, y1, x2, y2 = (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+    assert x1 <= 12 and x2 >= 120 and y1 <= 18 and y2 >= 28 and y2 <= 45
+
+
+def _video_with_a_cut(path: Path) -> None:
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 160, 120, "yuv420p"
+        for i in range(50):
+            colour = (200, 60, 60) if i < 25 else (40, 160, 220)
+            img = np.full((120, 160, 3), colour, np.uint8)
+            cv2.circle(img, (20 + i, 60), 10, (255, 255, 255), -1)
+            for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+
+
+def test_scene_cut_found_at_the_cut(tmp_path: Path) -> None:
+    video = tmp_path / "cut.mp4"
+    _video_with_a_cut(video)
+    cuts = scene_cuts(video)
+    assert [round(c.start_s, 2) for c in cuts] == [1.0]
+    table = events_table(cuts, "c1")
+    assert table.schema.equals(EVENTS) and table.column("kind").to_pylist() == ["scene_cut"]
+    assert json.loads(table.to_pandas().to_json())  # serialisable for the web app

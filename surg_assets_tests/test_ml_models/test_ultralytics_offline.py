@@ -1,0 +1,134 @@
+"""Ultralytics must never reach for the network: training, validation, prediction, tracking.
+
+The child process runs with every outbound connection (socket connect, DNS lookup, urllib) and
+ultralytics' own download helpers replaced by functions that record the attempt and fail, so a
+download that ultralytics would otherwise retry quietly shows up here as a test failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+GUARD = textwrap.dedent(
+    """
+    import json, os, socket, urllib.request
+    LOG = os.environ["SURG_NET_LOG"]
+
+    def _record(what, detail):
+        with open(LOG, "a") as fh:
+            fh.write(json.dumps({"what": what, "detail": str(detail)[:200]}) + "\\n")
+
+    def _connect(self, address, *a, **k):
+        if isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1", "localhost"):
+            return _orig_connect(self, address, *a, **k)
+        _record("connect", address)
+        raise OSError("network disabled by the offline test")
+
+    def _getaddrinfo(host, *a, **k):
+        if host in ("127.0.0.1", "::1", "localhost", None):
+            return _orig_getaddrinfo(host, *a, **k)
+        _record("dns", host)
+        raise socket.gaierror("network disabled by the offline test")
+
+    def _urlopen(url, *a, **k):
+        _record("urlopen", getattr(url, "full_url", url))
+        raise OSError("network disabled by the offline test")
+
+    _orig_connect, _orig_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+    socket.socket.connect, socket.getaddrinfo = _connect, _getaddrinfo
+    urllib.request.urlopen = _urlopen
+    """
+)
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, socket, sys
+    assert socket.socket.connect.__name__ == "_connect", "the network guard is not active"
+    from ml_models.ultra import ultralytics_offline
+    ultralytics_offline()
+    import ultralytics.utils.downloads as dl
+    def _no_download(*a, **k):
+        with open(os.environ["SURG_NET_LOG"], "a") as fh:
+            fh.write(json.dumps({"what": "download", "detail": str(a)[:200]}) + "\\n")
+        raise RuntimeError("download attempted")
+    dl.safe_download = _no_download
+    from ml_models.detector import train_detector, evaluate_detector, load_model, detect_video
+    from ml_models.tracking import track_detections
+    data, video, out = sys.argv[1:4]
+    r = train_detector(data, out, epochs=1, imgsz=128, batch=4)
+    evaluate_detector(r.weights, data, imgsz=128)
+    model = load_model(r.weights)
+    table, run = detect_video(model, video, "c1", "v", sample_fps=2, imgsz=128, conf=0.001)
+    track_detections(table, (160, 120), 2.0)
+    print(json.dumps({"frames": run.frames, "weights": str(r.weights)}))
+    """
+)
+
+
+def _tiny_yolo_seg_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(4):
+            img = rng.integers(0, 80, (128, 128, 3), dtype=np.uint8)
+            x = 20 + 10 * i
+            cv2.rectangle(img, (x, 40), (x + 40, 70), (230, 230, 230), -1)
+            cv2.imwrite(str(root / "images" / split / f"{i}.jpg"), img)
+            x1, x2, y1, y2 = x / 128, (x + 40) / 128, 40 / 128, 70 / 128
+            (root / "labels" / split / f"{i}.txt").write_text(
+                f"2 {x1} {y1} {x2} {y1} {x2} {y2} {x1} {y2}\n"
+            )
+    data = root / "data.yaml"
+    data.write_text(
+        f"path: {root}\ntrain: images/train\nval: images/val\n"
+        "names: {0: grasper, 1: bipolar, 2: hook, 3: scissors, 4: clipper, 5: irrigator, "
+        "6: specimen_bag}\n"
+    )
+    return data
+
+
+def test_training_and_inference_make_no_network_attempt(tmp_path: Path) -> None:
+    from ml_models.video import write_sample_video
+
+    data = _tiny_yolo_seg_dataset(tmp_path / "ds")
+    video = write_sample_video(tmp_path / "v.mp4", seconds=2, fps=10, size=(160, 120))
+    guard_dir = tmp_path / "guard"
+    guard_dir.mkdir()
+    (guard_dir / "sitecustomize.py").write_text(GUARD)
+    log = tmp_path / "net.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{guard_dir}{os.pathsep}{REPO}",
+        "SURG_NET_LOG": str(log),
+        "SURG_HOME": str(tmp_path / "home"),
+        "YOLO_CONFIG_DIR": str(tmp_path / "yolo-config"),
+    }
+    env.pop("YOLO_OFFLINE", None)  # the project must set it itself
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(data), str(video), str(tmp_path / "runs")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    attempts = log.read_text().splitlines() if log.exists() else []
+    assert attempts == [], f"ultralytics tried the network: {attempts[:5]}"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["frames"] == 4 and Path(result["weights"]).is_file()
+    # Its settings file lives in the configured folder, never in the user's home.
+    settings_files = list((tmp_path / "yolo-config").rglob("settings.json"))
+    assert len(settings_files) == 1
+    settings = json.loads(settings_files[0].read_text())
+    assert settings["sync"] is False
