@@ -164,3 +164,37 @@ def lake_files(home: Path, prefix: str) -> list[str]:
         for p in root.rglob("*")
         if p.is_file() and p.relative_to(root).as_posix().startswith(prefix)
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short labelled synthetic laparoscopy from the lab (video + ground truth), once per run."""
+    from ml_models.synthetic import generate
+
+    folder = tmp_path_factory.mktemp("synthetic-case")
+    generate(folder, minutes=0.4, seed=7, size=(426, 240))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, synthetic_case: Path) -> dict[str, Path]:
+    """Tiny models trained once per test run on the synthetic case (not good, but real)."""
+    from ml_models.detector import train_detector
+    from ml_models.training import (
+        detector_dataset,
+        sample_cases,
+        train_out_of_body,
+        train_phases,
+    )
+
+    out = tmp_path_factory.mktemp("tiny-models")
+    os.environ.setdefault("SURG_HOME", str(out / "home"))
+    cases = sample_cases([synthetic_case])
+    oob, _ = train_out_of_body(cases, out / "out_of_body_model.pt", epochs=2)
+    phase, _ = train_phases(cases, out / "phase_model.pt", encoder_epochs=2, temporal_epochs=10)
+    data = detector_dataset([synthetic_case], out / "det-data", val_cases=0)
+    # Ultralytics needs a validation split: reuse the training images (quality is not the point).
+    text = data.read_text().replace("val: images/val", "val: images/train")
+    data.write_text(text)
+    det = train_detector(data, out / "det-runs", epochs=1, imgsz=160, batch=8)
+    return {"instrument_detector": det.weights, "phase_model": phase, "out_of_body_model": oob}

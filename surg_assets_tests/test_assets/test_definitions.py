@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import dagster as dg
 
 from surg_assets.definitions import defs
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Renaming or removing an asset is a visible decision: update this list on purpose.
-EXPECTED_ASSET_KEYS = ["raw_video", "transcoded_video"]
-EXPECTED_CHECKS = ["transcoded_video:transcoded_video_meets_contract"]
+EXPECTED_ASSET_KEYS = [
+    "instrument_detections",
+    "instrument_tracks",
+    "phase_timeline",
+    "raw_video",
+    "transcoded_video",
+    "video_events",
+]
+EXPECTED_CHECKS = [
+    "instrument_detections:detections_meet_contract",
+    "instrument_tracks:tracks_meet_contract",
+    "phase_timeline:phases_meet_contract",
+    "transcoded_video:transcoded_video_meets_contract",
+    "video_events:events_meet_contract",
+]
 
 
 def test_asset_keys_snapshot() -> None:
@@ -21,6 +37,19 @@ def test_asset_keys_snapshot() -> None:
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == EXPECTED_ASSET_KEYS
     checks = sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys)
     assert checks == EXPECTED_CHECKS
+
+
+def test_gpu_steps_carry_placement_tags_for_both_launchers() -> None:
+    graph = defs().resolve_asset_graph()
+    for name in ("instrument_detections", "phase_timeline"):
+        assets_def = graph.get(dg.AssetKey(name)).assets_def
+        tags = assets_def.op.tags  # Dagster stores structured tag values as JSON strings
+        k8s = json.loads(tags["dagster-k8s/config"])
+        assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert k8s["pod_spec_config"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+        ecs = json.loads(tags["ecs/run_task_kwargs"])
+        assert ecs["capacityProviderStrategy"][0]["capacityProvider"] == "surg-gpu"
+        assert assets_def.op.pool == "gpu"
 
 
 def test_case_assets_are_partitioned_by_case_and_in_the_analyze_job() -> None:

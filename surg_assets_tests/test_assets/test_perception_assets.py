@@ -1,0 +1,128 @@
+"""The whole case pipeline on a synthetic laparoscopy, and the table contracts' GE suites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from ml_models.tables import DETECTIONS, EVENTS, PHASES, TRACKS
+from resources.settings import load_settings
+from surg_assets.assets.perception import read_table
+from surg_assets.checks import (
+    detection_expectations,
+    event_expectations,
+    phase_expectations,
+    run_suite,
+)
+from surg_assets.definitions import defs
+from surg_assets.intake import ingest_file
+from surg_assets.settings import build_resources, video_limits_from_env
+
+
+def _register(resources: dict, tiny_models: dict[str, Path]) -> None:
+    for name, path in tiny_models.items():
+        resources["registry"].register(
+            name, {"weights.pt": path}, card={"test": True}, status="Approved", decided_by="test"
+        )
+
+
+def test_analyze_case_produces_every_table_and_passes_its_checks(
+    surg_home: Path, synthetic_case: Path, tiny_models: dict[str, Path]
+) -> None:
+    resources = build_resources(load_settings())
+    _register(resources, tiny_models)
+    outcome = ingest_file(
+        synthetic_case / "video.mp4",
+        resources["blob_store"],
+        resources["catalog"],
+        video_limits_from_env(),
+    )
+    case_id = outcome.case_id
+    job = defs().resolve_job_def("analyze_case")
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("cases", [case_id])
+        result = job.execute_in_process(partition_key=case_id, instance=instance)
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {
+        "transcoded_video_meets_contract": True,
+        "detections_meet_contract": True,
+        "tracks_meet_contract": True,
+        "phases_meet_contract": True,
+        "events_meet_contract": True,
+    }
+    store = resources["blob_store"]
+    for name, schema in [
+        ("detections.parquet", DETECTIONS),
+        ("tracks.parquet", TRACKS),
+        ("phases.parquet", PHASES),
+        ("events.parquet", EVENTS),
+    ]:
+        assert read_table(store, case_id, name).schema.equals(schema), name
+    phases = read_table(store, case_id, "phases.parquet").to_pandas()
+    assert phases.start_s.iloc[0] == 0 and phases.end_s.iloc[-1] == pytest.approx(24, abs=1.5)
+    assert set(phases.model_version) == {"phase_model:v1"}
+    detections = read_table(store, case_id, "detections.parquet").to_pandas()
+    if len(detections):
+        assert set(detections.model_version) == {"instrument_detector:v1"}
+    meta = result.asset_materializations_for_node("instrument_detections")[0].metadata
+    assert meta["model_version"].value == "instrument_detector:v1"
+    assert meta["frames"].value == 120  # 24 s at 5 frames per second
+    events = read_table(store, case_id, "events.parquet").to_pandas()
+    assert {"colour_bars", "black", "scene_cut"} <= set(events.kind)
+
+
+def _ok_detections() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "case_id": ["c1", "c1"], "frame_index": [0, 5], "t_s": [0.0, 0.2],
+            "class_id": [0, 2], "class_name": ["grasper", "hook"], "confidence": [0.9, 0.5],
+            "x1": [10.0, 100.0], "y1": [10.0, 50.0], "x2": [60.0, 150.0], "y2": [80.0, 90.0],
+            "mask": [None, None], "model_version": ["v", "v"], "track_id": [1, 2],
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "column"),
+    [
+        (lambda d: d.assign(confidence=[0.9, 1.7]), "confidence"),
+        (lambda d: d.assign(x2=[5.0, 150.0]), "x2"),
+        (lambda d: d.assign(class_name=["grasper", "scalpel"]), "class_name"),
+        (lambda d: d.assign(t_s=[0.0, 99.0]), "t_s"),
+        (lambda d: d.drop(columns=["frame_index"]), "frame_index"),
+        (lambda d: d.assign(track_id=[1, None]), "track_id"),
+    ],
+)
+def test_corrupted_detections_fail_the_suite(corrupt, column: str) -> None:
+    assert run_suite(_ok_detections(), "tracks", detection_expectations(10, 854, 480, True)).passed
+    result = run_suite(
+        corrupt(_ok_detections()), "tracks", detection_expectations(10, 854, 480, True)
+    )
+    assert not result.passed
+    assert column in result.description
+
+
+def test_phase_gaps_and_overruns_fail_the_suite() -> None:
+    good = pd.DataFrame(
+        {"case_id": "c", "phase_id": [0, 1], "phase_name": ["A", "B"], "start_s": [0.0, 10.0],
+         "end_s": [10.0, 30.0], "confidence": [0.8, 0.9], "model_version": "v"}
+    )  # fmt: skip
+    good["gap_s"] = (good.start_s - good.end_s.shift(1)).fillna(0.0)
+    assert run_suite(good, "phases", phase_expectations(30)).passed
+    gap = good.assign(start_s=[0.0, 12.0])
+    gap["gap_s"] = (gap.start_s - gap.end_s.shift(1)).fillna(0.0)
+    assert "gap_s" in run_suite(gap, "phases", phase_expectations(30)).description
+    assert not run_suite(good, "phases", phase_expectations(20)).passed
+
+
+def test_unknown_event_kinds_fail_the_suite() -> None:
+    events = pd.DataFrame(
+        {"case_id": "c", "kind": ["black", "alien"], "start_s": [0.0, 1.0], "end_s": [1.0, 0.5],
+         "score": [1.0, 0.5], "detail": ""}
+    )  # fmt: skip
+    result = run_suite(events, "events", event_expectations(10))
+    assert not result.passed and "kind" in result.description and "end_s" in result.description
