@@ -26,6 +26,8 @@ GPU_OP_TAGS = {
     "ecs/cpu": "4096",
     "ecs/memory": "16384",
     "ecs/run_task_kwargs": {
+        # The run's default (Fargate) task definition cannot run on GPU instances.
+        "taskDefinition": "surg-gpu-step",
         "capacityProviderStrategy": [{"capacityProvider": "surg-gpu", "weight": 1}],
     },
     "surg/accelerator": "gpu",

@@ -1,0 +1,1 @@
+"""Tests of deploy/: CDK stacks, Dagster instance files, Kubernetes, CI workflows."""
