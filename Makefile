@@ -7,7 +7,7 @@ export SURG_HOME ?= $(CURDIR)/.surg
 # Ultralytics must never reach the network (weights, fonts, update checks).
 export YOLO_OFFLINE := 1
 
-.PHONY: install tools demo test up bench lint format
+.PHONY: install tools models demo test up bench lint format
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,17 @@ $(TOOLS)/.installed: deploy/requirements-tools.txt
 	$(TOOLS)/bin/pip install -r deploy/requirements-tools.txt
 	touch $@
 
-demo: install
+# Default models (synthetic data only). Committed weights make this a no-op on a fresh clone;
+# `make models` retrains them from scratch (about 15 minutes on 2 cores).
+DEFAULT_WEIGHTS := ml_models/default_weights/instrument_detector.pt
+
+models: install
+	$(BIN)/surg models train-defaults
+
+$(DEFAULT_WEIGHTS):
+	$(MAKE) models
+
+demo: install $(DEFAULT_WEIGHTS)
 	$(BIN)/surg demo
 
 test: install $(if $(wildcard deploy/requirements-tools.txt),tools)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pyarrow as pa
@@ -135,6 +136,7 @@ def scene_cuts(video: str | Path, threshold: float = 27.0) -> list[Event]:
     manager.auto_downscale = True
     manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=5))
     manager.detect_scenes(stream, show_progress=False)
+    av.logging.set_level(None)  # PySceneDetect turns FFmpeg's logging on; keep stderr quiet
     fps = float(stream.frame_rate)
     return [
         Event("scene_cut", cut.get_seconds(), cut.get_seconds() + 1.0 / fps, 1.0)
@@ -168,9 +170,21 @@ class OutOfBodyClassifier:
         model.eval()
         return cls(model)
 
-    def scores(self, prepared: np.ndarray) -> np.ndarray:
-        """Probability of out-of-body per prepared frame."""
-        return predict_proba(self.model, prepared)[:, 1] if len(prepared) else np.zeros(0)
+    def scores(
+        self, prepared: np.ndarray, black: np.ndarray | None = None, bars: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Probability of out-of-body per prepared frame.
+
+        Black frames and test patterns (given their scores) are events of their own, not
+        operating-room scenes, so they score 0 here.
+        """
+        if not len(prepared):
+            return np.zeros(0)
+        p = predict_proba(self.model, prepared)[:, 1]
+        for other in (black, bars):
+            if other is not None:
+                p = np.where(np.asarray(other) >= 0.5, 0.0, p)
+        return p
 
 
 @dataclass
@@ -203,9 +217,7 @@ def scan_video(
     scan.events += _intervals("black", t, np.asarray(black), step)
     scan.events += _intervals("colour_bars", t, np.asarray(bars), step)
     if out_of_body is not None and prepared:
-        oob = out_of_body.scores(np.stack(prepared))
-        # Black frames and test patterns are their own events, not out-of-body scenes.
-        oob = np.where((np.asarray(black) >= 0.5) | (np.asarray(bars) >= 0.5), 0.0, oob)
+        oob = out_of_body.scores(np.stack(prepared), np.asarray(black), np.asarray(bars))
         scan.events += _intervals("out_of_body", t, oob, step)
     scan.events += _text_events(text_hits, step, text.window)
     scan.events += scene_cuts(video, cut_threshold)

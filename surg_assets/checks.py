@@ -8,6 +8,7 @@ import pandas as pd
 from ml_models.video import inspect_layout
 from resources.blob_store import BlobStore
 from resources.catalog import Catalog
+from resources.registry import ModelRegistry
 from surg_assets.assets.ingest import processed_video_key, transcoded_video
 from surg_assets.assets.perception import (
     instrument_detections,
@@ -16,6 +17,7 @@ from surg_assets.assets.perception import (
     read_table,
     video_events,
 )
+from surg_assets.assets.privacy import deidentified_video, deidentified_video_key
 from surg_assets.settings import video_limits_from_env
 
 
@@ -253,3 +255,31 @@ def events_meet_contract(
     df = read_table(blob_store, case_id, "events.parquet").to_pandas()
     duration, _, _ = _case_facts(catalog, case_id)
     return run_suite(df, "events", event_expectations(duration))
+
+
+@dg.asset_check(
+    asset=deidentified_video,
+    blocking=True,
+    description="Re-runs the detectors on the output: no sharp out-of-body frame, text or tag.",
+)
+def deidentified_video_is_clean(
+    context: dg.AssetCheckExecutionContext, blob_store: BlobStore, registry: ModelRegistry
+) -> dg.AssetCheckResult:
+    """Fails if an out-of-body frame or a burned-in text region survives de-identification."""
+    from ml_models.deid import residual_identifiers
+    from ml_models.events import OutOfBodyClassifier
+    from surg_assets.models import approved_model
+
+    case_id = context.op_execution_context.partition_key
+    _, weights = approved_model(registry, "out_of_body_model")
+    with blob_store.local_copy(deidentified_video_key(case_id)) as video:
+        problems = residual_identifiers(video, OutOfBodyClassifier.load(weights))
+        tags = inspect_layout(video).foreign_tags
+    if tags:
+        problems.append(f"container metadata kept: {sorted(tags)}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(problems[:5]) or "no identifying frame or text survives",
+        metadata={"problems": len(problems)},
+    )

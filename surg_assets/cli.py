@@ -222,21 +222,19 @@ def cases_list(
 
 @app.command()
 def demo(
-    seconds: float = typer.Option(20.0, help="Length of the generated sample video."),
+    minutes: float = typer.Option(1.0, help="Length of the generated synthetic laparoscopy."),
+    seed: int = typer.Option(2024, help="Seed of the synthetic case."),
 ) -> None:
-    """Generate a sample video and run the whole case pipeline on it (the README's `make demo`)."""
-    from ml_models.video import write_sample_video
+    """Generate a synthetic laparoscopy and run the whole case pipeline on it (`make demo`)."""
+    from ml_models.synthetic import generate
 
     settings, _, _ = _context()
     folder = settings.home / "demo"
-    folder.mkdir(parents=True, exist_ok=True)
-    video = folder / f"sample-{int(time.time())}.mp4"
-    err.print(f"generating a {seconds:g} s sample video")
-    write_sample_video(video, seconds=seconds, fps=25, size=(854, 480))
-    try:
-        analyze(video, folder / "out")
-    finally:
-        video.unlink(missing_ok=True)
+    case_dir = folder / f"synthetic-seed-{seed}"
+    if not (case_dir / "video.mp4").exists():
+        err.print(f"rendering a {minutes:g}-minute synthetic laparoscopy (seed {seed})")
+        generate(case_dir, minutes=minutes, seed=seed)
+    analyze(case_dir / "video.mp4", folder / "out")
 
 
 def _register_optional_commands() -> None:

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from surg_assets import checks, sensors
-from surg_assets.assets import ingest, perception
+from surg_assets.assets import ingest, perception, privacy
 from surg_assets.jobs import analyze_case
 from surg_assets.settings import build_resources
 
@@ -12,7 +12,7 @@ from surg_assets.settings import build_resources
 def defs() -> dg.Definitions:
     """Assembled at load time so ``SURG_ENV``/``SURG_HOME`` are read when Dagster loads us."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, perception]),
+        assets=dg.load_assets_from_modules([ingest, perception, privacy]),
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[analyze_case],
         sensors=[

@@ -1,4 +1,4 @@
-"""Jobs: what runs together, and where (GPU op tags live here as the perception steps land)."""
+"""Jobs: which case assets run together (placement tags: surg_assets.placement)."""
 
 import dagster as dg
 
@@ -9,11 +9,13 @@ from surg_assets.assets.perception import (
     phase_timeline,
     video_events,
 )
+from surg_assets.assets.privacy import deidentified_video
 
 CASE_ASSETS = [
     raw_video,
     transcoded_video,
     video_events,
+    deidentified_video,
     instrument_detections,
     instrument_tracks,
     phase_timeline,

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Renaming or removing an asset is a visible decision: update this list on purpose.
 EXPECTED_ASSET_KEYS = [
+    "deidentified_video",
     "instrument_detections",
     "instrument_tracks",
     "phase_timeline",
@@ -24,6 +25,7 @@ EXPECTED_ASSET_KEYS = [
     "video_events",
 ]
 EXPECTED_CHECKS = [
+    "deidentified_video:deidentified_video_is_clean",
     "instrument_detections:detections_meet_contract",
     "instrument_tracks:tracks_meet_contract",
     "phase_timeline:phases_meet_contract",

@@ -53,6 +53,7 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
         "tracks_meet_contract": True,
         "phases_meet_contract": True,
         "events_meet_contract": True,
+        "deidentified_video_is_clean": True,
     }
     store = resources["blob_store"]
     for name, schema in [
