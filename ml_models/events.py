@@ -100,7 +100,8 @@ class TextPersistence:
         boxes = []
         for i in range(1, n):
             x, y, bw, bh, area = stats[i]
-            if not (6 <= bh <= 0.12 * h and bw >= 2 * bh and bw <= 0.8 * w):
+            # A line of text is short and wide; a still instrument edge is rarely both.
+            if not (6 <= bh <= 0.12 * h and bw >= max(24, 3 * bh) and bw <= 0.8 * w):
                 continue
             if area < 0.3 * bw * bh:  # arcs (the endoscope's circular border) are sparse boxes
                 continue

@@ -1,4 +1,4 @@
-"""Build ``cholec80_reference.json``: the phase and instrument statistics the generator samples from.
+"""Build ``cholec80_reference.json``: the phase and instrument statistics the generator uses.
 
 Run once, by a developer who has the real annotations beside the repository::
 
@@ -57,7 +57,9 @@ def build(annotation_dir: Path) -> dict:
             phase_rows = {int(r["Frame"]): int(r["Phase"]) for r in csv.DictReader(f)}
         tool_file = phase_file.with_name(phase_file.name.replace("-phase", "-tool"))
         with tool_file.open() as f:
-            tool_rows = {int(r["Frame"]): [int(v) for v in list(r.values())[1:]] for r in csv.DictReader(f)}
+            tool_rows = {
+                int(r["Frame"]): [int(v) for v in list(r.values())[1:]] for r in csv.DictReader(f)
+            }
         frames = sorted(phase_rows)
         totals.append(len(frames))
         seq = [phase_rows[fr] for fr in frames]
@@ -105,7 +107,7 @@ def build(annotation_dir: Path) -> dict:
             }
         )
     return {
-        "source": "Cholec80 videos 01-60, 1 fps phase and tool-presence annotations (aggregates only)",
+        "source": "Cholec80 videos 01-60, 1 fps phase and tool annotations (aggregates only)",
         "videos": len(videos),
         "median_video_s": statistics.median(totals),
         "phases": phases,

@@ -53,7 +53,9 @@ _STYLE: dict[int, tuple[Colour, float, Colour]] = {
 }
 
 
-def instrument_prims(class_id: int, port: np.ndarray, tip: np.ndarray, opening: float, scale: float, t: float) -> list[Prim]:
+def instrument_prims(
+    class_id: int, port: np.ndarray, tip: np.ndarray, opening: float, scale: float, t: float
+) -> list[Prim]:
     """Shape of one instrument whose shaft runs from the trocar (port) to the tip.
 
     Args:
@@ -86,33 +88,61 @@ def instrument_prims(class_id: int, port: np.ndarray, tip: np.ndarray, opening: 
         for k in (-0.5, 0.0, 0.45):
             a = centre + n * ry * k - d * rx * 0.6
             b = centre + n * ry * (k + 0.15) + d * rx * 0.6
-            prims.append(Prim("line", np.int32([a, b]), (170, 175, 178), max(1, int(2 * scale)), False))
+            prims.append(
+                Prim("line", np.int32([a, b]), (170, 175, 178), max(1, int(2 * scale)), False)
+            )
         return prims
     prims.append(Prim("poly", _quad(port, tip, sw, sw), shaft_c))
     # Cylindrical shading: a lighter band and a glint along the shaft.
     light = tuple(min(255, int(c * 1.6 + 25)) for c in shaft_c)
-    prims.append(Prim("poly", _quad(port + n * sw * 0.18, tip + n * sw * 0.18, sw * 0.28, sw * 0.28), light, 0, False))
-    prims.append(Prim("line", np.int32([port + n * sw * 0.22, tip + n * sw * 0.22]), (235, 235, 240), max(1, int(2 * scale)), False))
+    prims.append(
+        Prim(
+            "poly",
+            _quad(port + n * sw * 0.18, tip + n * sw * 0.18, sw * 0.28, sw * 0.28),
+            light,
+            0,
+            False,
+        )
+    )
+    prims.append(
+        Prim(
+            "line",
+            np.int32([port + n * sw * 0.22, tip + n * sw * 0.22]),
+            (235, 235, 240),
+            max(1, int(2 * scale)),
+            False,
+        )
+    )
     if class_id in (1,):
         # Bipolar: a white ring where the insulation ends.
-        prims.append(Prim("poly", _quad(tip - d * 10 * scale, tip, sw * 1.02, sw * 1.02), (220, 220, 225)))
+        prims.append(
+            Prim("poly", _quad(tip - d * 10 * scale, tip, sw * 1.02, sw * 1.02), (220, 220, 225))
+        )
     if class_id == 0:
         for sgn in (-1, 1):
             a = 0.12 + 0.45 * opening
             j = _rot(d, sgn * a)
             base = tip + n * sgn * sw * 0.22
-            prims.append(Prim("poly", _quad(base, base + j * 62 * scale, 13 * scale, 7 * scale), metal))
+            prims.append(
+                Prim("poly", _quad(base, base + j * 62 * scale, 13 * scale, 7 * scale), metal)
+            )
             c = base + j * 32 * scale
             prims.append(Prim("disc", np.int32([c]), (60, 60, 65), max(2, int(3.5 * scale)), False))
     elif class_id == 1:
         for sgn in (-1, 1):
             j = _rot(d, sgn * (0.05 + 0.18 * opening))
             base = tip + n * sgn * sw * 0.2
-            prims.append(Prim("poly", _quad(base, base + j * 52 * scale, 8 * scale, 4 * scale), metal))
+            prims.append(
+                Prim("poly", _quad(base, base + j * 52 * scale, 8 * scale, 4 * scale), metal)
+            )
     elif class_id == 2:
         rod_end = tip + d * 42 * scale
         prims.append(Prim("line", np.int32([tip, rod_end]), metal, max(3, int(8 * scale))))
-        prims.append(Prim("line", np.int32([rod_end, rod_end + n * 20 * scale]), metal, max(3, int(7 * scale))))
+        prims.append(
+            Prim(
+                "line", np.int32([rod_end, rod_end + n * 20 * scale]), metal, max(3, int(7 * scale))
+            )
+        )
     elif class_id == 3:
         for sgn in (-1, 1):
             a = sgn * (0.04 + 0.3 * opening)
@@ -124,13 +154,31 @@ def instrument_prims(class_id: int, port: np.ndarray, tip: np.ndarray, opening: 
         for sgn in (-1, 1):
             j = _rot(d, sgn * (0.03 + 0.12 * opening))
             base = tip + n * sgn * sw * 0.25
-            prims.append(Prim("poly", _quad(base, base + j * 48 * scale, 17 * scale, 13 * scale), metal))
+            prims.append(
+                Prim("poly", _quad(base, base + j * 48 * scale, 17 * scale, 13 * scale), metal)
+            )
         c = tip + d * 30 * scale
-        prims.append(Prim("poly", _quad(c - n * 10 * scale, c + n * 10 * scale, 7 * scale, 7 * scale), (40, 150, 205), 0, False))
+        prims.append(
+            Prim(
+                "poly",
+                _quad(c - n * 10 * scale, c + n * 10 * scale, 7 * scale, 7 * scale),
+                (40, 150, 205),
+                0,
+                False,
+            )
+        )
     elif class_id == 5:
         prims.append(Prim("disc", np.int32([tip]), shaft_c, max(2, int(sw / 2))))
         for k in (1, 2, 3):
-            prims.append(Prim("disc", np.int32([tip - d * k * 16 * scale]), (50, 50, 55), max(2, int(3 * scale)), False))
+            prims.append(
+                Prim(
+                    "disc",
+                    np.int32([tip - d * k * 16 * scale]),
+                    (50, 50, 55),
+                    max(2, int(3 * scale)),
+                    False,
+                )
+            )
     return prims
 
 
@@ -172,7 +220,9 @@ class Motion:
         self.dir = np.array([math.cos(visit.port_angle), math.sin(visit.port_angle)])
         self.port = centre + self.dir * diag * 1.1
         self.outside = centre + self.dir * diag * 0.62
-        self.work = centre + np.array([rng.uniform(-0.18, 0.18) * width, rng.uniform(-0.15, 0.2) * height])
+        self.work = centre + np.array(
+            [rng.uniform(-0.18, 0.18) * width, rng.uniform(-0.15, 0.2) * height]
+        )
         # Keep the working tip short of the far side so the instrument does not cross the view.
         self.work -= self.dir * 0.05 * width
         self.amp = np.array([rng.uniform(0.04, 0.12) * width, rng.uniform(0.03, 0.1) * height])
@@ -186,10 +236,19 @@ class Motion:
         """Port, tip and jaw opening at a frame of the visit."""
         t = frame / self.fps
         f, ph = self.freq, self.phase
-        wander = self.work + self.amp * np.array(
-            [math.sin(2 * math.pi * f[0] * t + ph[0]) + 0.4 * math.sin(2 * math.pi * f[2] * t + ph[2]),
-             math.sin(2 * math.pi * f[1] * t + ph[1]) + 0.4 * math.sin(2 * math.pi * f[3] * t + ph[3])]
-        ) / 1.4
+        wander = (
+            self.work
+            + self.amp
+            * np.array(
+                [
+                    math.sin(2 * math.pi * f[0] * t + ph[0])
+                    + 0.4 * math.sin(2 * math.pi * f[2] * t + ph[2]),
+                    math.sin(2 * math.pi * f[1] * t + ph[1])
+                    + 0.4 * math.sin(2 * math.pi * f[3] * t + ph[3]),
+                ]
+            )
+            / 1.4
+        )
         k_in = _smooth((frame - self.visit.start) / self.ramp)
         k_out = _smooth((self.visit.end - 1 - frame) / self.ramp)
         k = min(k_in, k_out)

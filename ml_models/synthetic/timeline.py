@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
 
 REFERENCE_PATH = Path(__file__).with_name("cholec80_reference.json")
 
@@ -31,7 +31,7 @@ def reference_table() -> dict:
 
 @dataclass(frozen=True)
 class Segment:
-    """A stretch of video of one kind: ``surgery``, ``out_of_body``, ``black`` or ``colour_bars``."""
+    """A stretch of video of one kind: surgery, out_of_body, black or colour_bars."""
 
     kind: str
     start: int  # first frame
@@ -129,7 +129,7 @@ def build_timeline(n_frames: int, fps: int, seed: int) -> Timeline:
     lengths[int(np.argmax(lengths))] += surgery - int(lengths.sum())
     phases: list[Segment] = []
     p_start = 0
-    for pid, n in enumerate(lengths):
+    for pid in range(len(lengths)):
         end = surgery_start + int(lengths[: pid + 1].sum())
         if pid == len(lengths) - 1:
             end = n_frames
@@ -239,8 +239,3 @@ def _merge(items: list[Interval]) -> list[Interval]:
         else:
             out.append(it)
     return out
-
-
-def phase_count() -> int:
-    """Number of Cholec80 phases (kept here so the renderer needs one import)."""
-    return len(PHASES)

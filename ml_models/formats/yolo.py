@@ -1,0 +1,197 @@
+"""YOLO detect and segment label folders (ultralytics layout: ``images/`` beside ``labels/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ml_models.formats._util import (
+    IMAGE_SUFFIXES,
+    as_float,
+    as_int,
+    format_error,
+    image_size,
+    shown,
+    split_frame,
+)
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, instrument_id
+from ml_models.formats.model import Annotation, AnnotationSet
+
+
+def _names_from_yaml(root: Path) -> list[str] | None:
+    for p in (root / "data.yaml", root / "dataset.yaml"):
+        if p.is_file():
+            try:
+                data = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:
+                line = getattr(getattr(e, "problem_mark", None), "line", None)
+                raise format_error(
+                    p, "is not valid YAML", "repair it", None if line is None else line + 1
+                ) from None
+            names = data.get("names")
+            if isinstance(names, dict):
+                return [str(names[k]) for k in sorted(names, key=int)]
+            if isinstance(names, list):
+                return [str(n) for n in names]
+    return None
+
+
+def _image_for(label: Path, root: Path, images: dict[str, list[Path]]) -> Path | None:
+    candidates = images.get(label.stem, [])
+    if not candidates:
+        return None
+    # Ultralytics pairs labels/x/y.txt with images/x/y.jpg; prefer that, else any same stem.
+    rel = label.relative_to(root).as_posix().replace("labels/", "images/", 1)
+    for c in candidates:
+        if c.relative_to(root).with_suffix("").as_posix() == rel[: -len(".txt")]:
+            return c
+    return candidates[0]
+
+
+def parse_yolo_label(
+    path: Path,
+    width: int,
+    height: int,
+    class_names: list[str],
+    video: str | None = None,
+    image: str | None = None,
+) -> list[Annotation]:
+    """Parse one YOLO label file (detect ``c cx cy w h`` or segment ``c x1 y1 x2 y2 ...``).
+
+    Args:
+        path: The ``.txt`` label file.
+        width: Width of its image in pixels.
+        height: Height of its image in pixels.
+        class_names: Names of the label indices.
+        video: Video the frame belongs to (default: parsed from the file name).
+        image: Image path to record.
+
+    Returns:
+        One ``instrument`` annotation per line, coordinates in pixels.
+
+    Raises:
+        AnnotationFormatError: On a malformed line, naming the file and line.
+    """
+    vid, frame = split_frame(path.stem)
+    out = []
+    for n, raw in enumerate(path.read_text().splitlines(), start=1):
+        tok = raw.split()
+        if not tok:
+            continue
+        if len(tok) < 5:
+            raise format_error(
+                path,
+                "expected 5 values (class cx cy w h) or a class and at least 3 x y pairs,"
+                f" found {len(tok)}",
+                "fix or delete the line",
+                n,
+            )
+        k = as_int(path, tok[0], n, "class")
+        if not 0 <= k < len(class_names):
+            raise format_error(
+                path,
+                f"class {k} is not one of the {len(class_names)} classes of the dataset",
+                "fix the class or the dataset's names",
+                n,
+            )
+        vals = [as_float(path, t, n, "coordinate") for t in tok[1:]]
+        # Prediction files (ultralytics save_conf) append a confidence: 6 values for a box,
+        # an even count for a polygon; ground truth has 5 or an odd count.
+        score = None
+        if len(tok) == 6 or (len(tok) >= 8 and len(tok) % 2 == 0):
+            score = vals.pop()
+        if len(vals) != 4 and (len(vals) < 6 or len(vals) % 2):
+            raise format_error(
+                path, "a polygon needs at least 3 x y pairs", "fix or delete the line", n
+            )
+        if any(v < -1e-6 or v > 1 + 1e-6 for v in vals):
+            raise format_error(
+                path,
+                "coordinates must be normalised to 0..1",
+                "divide pixel coordinates by the image size",
+                n,
+            )
+        polygon = None
+        if len(vals) == 4:
+            cx, cy, bw, bh = vals
+            box = (
+                (cx - bw / 2) * width,
+                (cy - bh / 2) * height,
+                (cx + bw / 2) * width,
+                (cy + bh / 2) * height,
+            )
+        else:
+            polygon = [(vals[i] * width, vals[i + 1] * height) for i in range(0, len(vals), 2)]
+            xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+            box = (min(xs), min(ys), max(xs), max(ys))
+        name = class_names[k]
+        out.append(
+            Annotation(
+                kind="instrument",
+                video=video or vid,
+                frame_index=frame,
+                image=image,
+                image_width=width,
+                image_height=height,
+                class_id=instrument_id(name),
+                class_name=name,
+                box=box,
+                polygon=polygon,
+                score=score,
+                attributes={"label_index": k},
+                source="yolo",
+            )
+        )
+    return out
+
+
+def load_yolo(
+    root: str | Path,
+    image_size_: tuple[int, int] | None = None,
+    class_names: list[str] | None = None,
+) -> AnnotationSet:
+    """Import a YOLO dataset folder (detect or segment labels; both may be mixed).
+
+    Label files are paired with images by name (``labels/a/b.txt`` with ``images/a/b.jpg``, else
+    any image of the same stem); the image gives the pixel size. Labels without an image are
+    skipped (and listed in ``skipped``) unless ``image_size_`` says how big the images were.
+
+    Args:
+        root: Dataset folder (holding ``labels/`` and ``images/``, and optionally ``data.yaml``).
+        image_size_: (width, height) to assume for labels whose image is missing.
+        class_names: Names of the label indices; default: ``data.yaml``'s, else Cholec80's.
+
+    Returns:
+        The annotations, one per label line.
+
+    Raises:
+        AnnotationFormatError: On a malformed label file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise format_error(
+            root, "is not a folder", "pass the dataset folder that holds labels/ and images/"
+        )
+    names = class_names or _names_from_yaml(root) or list(INSTRUMENT_CLASSES)
+    images: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            images.setdefault(p.stem, []).append(p)
+    labels = sorted(p for p in root.rglob("*.txt") if "labels" in p.relative_to(root).parts)
+    out = AnnotationSet(source="yolo")
+    for label in labels:
+        img = _image_for(label, root, images)
+        if img is not None:
+            w, h = image_size(img)
+        elif image_size_ is not None:
+            w, h = image_size_
+        else:
+            out.skipped.append(f"{shown(label)}: no image with this name")
+            continue
+        out.annotations.extend(
+            parse_yolo_label(
+                label, w, h, names, image=img.relative_to(root).as_posix() if img else None
+            )
+        )
+    return out
