@@ -22,3 +22,8 @@ def defs() -> dg.Definitions:
         ],
         resources=build_resources(deferred=True),
     )
+
+
+def analyze_case_job() -> dg.JobDefinition:
+    """The resolved ``analyze_case`` job, for ``dg.reconstructable`` (multiprocess executors)."""
+    return defs().resolve_job_def("analyze_case")
