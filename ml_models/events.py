@@ -78,17 +78,21 @@ class TextPersistence:
         self.maps: list[np.ndarray] = []
 
     @staticmethod
-    def text_like(bgr: np.ndarray) -> np.ndarray:
-        """Binary map of pixels that look like parts of a line of text."""
+    def strokes(bgr: np.ndarray) -> np.ndarray:
+        """Binary map of thin high-contrast strokes (letters' outlines among them)."""
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         grad = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-        strokes = (grad > 90).astype(np.uint8)
-        # Join letters into words and lines.
+        return (grad > 90).astype(np.uint8)
+
+    @staticmethod
+    def text_like(strokes: np.ndarray) -> np.ndarray:
+        """Strokes joined into words and lines."""
         return cv2.morphologyEx(strokes, cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8))
 
     def update(self, bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Add a frame; return the text boxes (x1, y1, x2, y2) persistent over the window."""
-        self.maps.append(self.text_like(bgr))
+        strokes = self.strokes(bgr)
+        self.maps.append(self.text_like(strokes))
         if len(self.maps) > self.window:
             self.maps.pop(0)
         if len(self.maps) < min(3, self.window):
@@ -104,6 +108,10 @@ class TextPersistence:
             if not (6 <= bh <= 0.12 * h and bw >= max(24, 3 * bh) and bw <= 0.8 * w):
                 continue
             if area < 0.3 * bw * bh:  # arcs (the endoscope's circular border) are sparse boxes
+                continue
+            # Text is many separate letters; a still instrument edge or highlight is a few blobs.
+            letters = cv2.connectedComponents(strokes[y : y + bh, x : x + bw], connectivity=8)[0]
+            if letters - 1 < max(4, bw // (2 * bh)):
                 continue
             boxes.append((int(x), int(y), int(x + bw), int(y + bh)))
         return boxes

@@ -241,3 +241,52 @@ def train_default_models(
     result.seconds["instrument_detector"] = time.perf_counter() - started
     log(f"instrument detector: {metrics}")
     return result
+
+
+def boxes_to_segment_dataset(
+    source: str | Path, out_dir: str | Path, val_fraction: float = 0.2
+) -> tuple[Path, dict[str, int]]:
+    """A YOLO *detect* dataset (such as cholec80-tools-yolo) as a fixed-split *segment* dataset.
+
+    Boxes become rectangular outlines, which lets the segmentation detector learn boxes and
+    classes from box-only labels. Images are found in any ``images*/`` folder and paired with the
+    label file of the same stem in any ``labels/*`` folder. The split is by source video (the
+    part of the file name before the first ``-``), decided by a hash of that id, so frames of one
+    video never sit on both sides and the split is the same on every machine.
+
+    Returns:
+        The ``data.yaml`` and counts of images per split.
+    """
+    import hashlib
+
+    src, out = Path(source), Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    images = {p.stem: p for p in src.glob("images*/**/*.jpg")}
+    labels = {p.stem: p for p in src.glob("labels/**/*.txt")}
+    counts = {"train": 0, "val": 0}
+    for stem in sorted(images.keys() & labels.keys()):
+        video = stem.split("-", 1)[0]
+        bucket = int(hashlib.sha1(video.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        split = "val" if bucket < val_fraction else "train"
+        lines = []
+        for row in labels[stem].read_text().splitlines():
+            parts = row.split()
+            if len(parts) != 5:
+                continue
+            c, x, y, w, h = int(parts[0]), *map(float, parts[1:])
+            x1, y1, x2, y2 = x - w / 2, y - h / 2, x + w / 2, y + h / 2
+            lines.append(
+                f"{c} {x1:.6f} {y1:.6f} {x2:.6f} {y1:.6f} {x2:.6f} {y2:.6f} {x1:.6f} {y2:.6f}"
+            )
+        for sub in ("images", "labels"):
+            (out / sub / split).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images[stem], out / "images" / split / images[stem].name)
+        (out / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+        counts[split] += 1
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(INSTRUMENT_CLASSES))
+    data = out / "data.yaml"
+    data.write_text(
+        f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
+    )
+    return data, counts

@@ -140,3 +140,52 @@ class ModelRegistry(dg.ConfigurableResource):
                 f"(or `surg models bootstrap`)."
             )
         return version, self.local_file(version, stored)
+
+    def register_candidate(
+        self,
+        name: str,
+        files: dict[str, Path],
+        card: dict[str, Any],
+        metrics: dict[str, float],
+        primary_metric: str,
+        thresholds: dict[str, float] | None = None,
+        tolerance: float = 0.0,
+        dataset_version: str | None = None,
+        auto_approve: bool = False,
+    ) -> ModelVersion:
+        """Register a newly trained version under governance.
+
+        It is Rejected, with the reason, when a metric misses its threshold or when the primary
+        metric regresses against the newest Approved version by more than ``tolerance``;
+        otherwise it is Pending (a person approves), or Approved by the automatic rule when
+        ``auto_approve`` is set.
+        """
+        reasons = [
+            f"{metric} {metrics.get(metric, float('nan')):.3f} is below the threshold {minimum:.3f}"
+            for metric, minimum in (thresholds or {}).items()
+            if not metrics.get(metric, float("-inf")) >= minimum
+        ]
+        current = self.newest_approved(name)
+        if current is not None and primary_metric in current.metrics:
+            before, after = current.metrics[primary_metric], metrics.get(primary_metric)
+            if after is None or after < before - tolerance:
+                reasons.append(
+                    f"{primary_metric} regresses against {current.version} ({before:.3f} -> "
+                    f"{after if after is None else round(after, 3)})"
+                )
+        if reasons:
+            status, by, reason = "Rejected", "evaluation", "; ".join(reasons)
+        elif auto_approve:
+            status, by, reason = "Approved", "auto-approval rule", None
+        else:
+            status, by, reason = "Pending", None, None
+        return self.register(
+            name,
+            files,
+            card,
+            metrics=metrics,
+            dataset_version=dataset_version,
+            status=status,
+            decided_by=by,
+            reason=reason,
+        )

@@ -118,6 +118,12 @@ def run_case(case_id: str, settings: Any, catalog: Any) -> Any:
 
 
 def _first_failure(result: Any) -> str:
+    """One sentence on why a run failed: a failed blocking check's description, or a step's."""
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                return f"check {evaluation.check_name} failed: {evaluation.description}"
     for event in result.all_events:
         if event.is_step_failure:
             data = event.step_failure_data

@@ -47,45 +47,88 @@ def _card(name: str, command: list[str], dataset: str, **extra: Any) -> dict[str
     }
 
 
+# What a version must reach to be registered at all, and the metric compared with the current
+# Approved version (a new version may not be worse). Thresholds can be raised in settings.
+PRIMARY_METRIC = {
+    "instrument_detector": "box_map50",
+    "phase_model": "train_frame_accuracy",
+    "out_of_body_model": "train_accuracy",
+}
+
+
+def _thresholds(name: str) -> dict[str, float]:
+    from resources.settings import env_float
+
+    metric = PRIMARY_METRIC[name]
+    return {metric: env_float(f"SURG_MIN_{name.upper()}_{metric.upper()}", 0.0)}
+
+
 def _register(name: str, weights: Path, card: dict, metrics: dict, approve_as: str | None) -> None:
+    """Register under governance; ``--approve-as`` records a person's approval at once."""
     registry = _registry()
-    row = registry.register(
+    row = registry.register_candidate(
         name,
         {"weights.pt": weights},
         card=card,
         metrics=metrics,
+        primary_metric=PRIMARY_METRIC[name],
+        thresholds=_thresholds(name),
         dataset_version=card.get("dataset_version"),
-        status="Approved" if approve_as else "Pending",
-        decided_by=approve_as,
+        auto_approve=os.environ.get("SURG_AUTO_APPROVE", "").lower() in ("1", "true", "yes"),
     )
-    err.print(f"{name} {row.version} registered ({row.status}); metrics: {json.dumps(metrics)}")
+    if approve_as and row.status == "Pending":
+        row = registry.decide(name, row.version, "Approved", approve_as)
+    reason = f" ({row.reason})" if row.reason else ""
+    err.print(
+        f"{name} {row.version} registered: {row.status}{reason}; metrics {json.dumps(metrics)}"
+    )
     out.print(row.version)
 
 
 @train_app.command("detector")
 def train_detector_command(
-    data: Path = typer.Option(..., "--data", help="YOLO data.yaml (segmentation labels)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="A YOLO data.yaml (segment labels), or the folder of a YOLO detect dataset "
+        "(boxes only, e.g. cholec80-tools-yolo), which gets a fixed split by video.",
+    ),
     epochs: int = typer.Option(30, help="Training epochs."),
     imgsz: int = typer.Option(320, help="Training image size."),
-    model: str = typer.Option("yolo11n-seg.yaml", help="Model yaml (from scratch) or weights."),
+    model: str = typer.Option(
+        "yolo11n-seg.yaml", help="Model yaml (from scratch) or weights to fine-tune."
+    ),
     approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
 ) -> None:
-    """Train the instrument detector on a YOLO dataset and register it."""
+    """Train the instrument detector and register it (Pending unless --approve-as)."""
     from ml_models.detector import evaluate_detector, train_detector
+    from ml_models.training import boxes_to_segment_dataset
 
-    if not data.is_file():
-        raise InputError("the --data file does not exist; pass a YOLO data.yaml.")
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+        split = None
+        if data.is_dir():
+            data_yaml, split = boxes_to_segment_dataset(data, Path(tmp) / "dataset")
+            err.print(f"dataset: {split['train']} training and {split['val']} validation images")
+        elif data.is_file():
+            data_yaml = data
+        else:
+            raise InputError(
+                "the --data path does not exist; pass a data.yaml or a dataset folder."
+            )
         err.print(f"training the instrument detector for {epochs} epochs at {imgsz} px")
-        result = train_detector(data, tmp, epochs=epochs, imgsz=imgsz, init=model)
-        metrics = evaluate_detector(result.weights, data, imgsz=imgsz)
+        result = train_detector(
+            data_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model
+        )
+        metrics = evaluate_detector(result.weights, data_yaml, imgsz=imgsz)
         card = _card(
             "instrument_detector",
             sys.argv,
-            f"yolo:{data.parent.name}",
-            arch=model,
+            f"yolo:{data.name if data.is_dir() else data.parent.name}",
+            init=model,
             epochs=epochs,
             imgsz=imgsz,
+            split=split or "as given by the data.yaml",
+            split_rule="by video id (file name before '-'), sha1 < 0.2 -> val" if split else None,
             train_seconds=round(result.seconds, 1),
         )
         _register("instrument_detector", result.weights, card, metrics, approve_as)

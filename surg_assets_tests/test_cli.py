@@ -146,7 +146,13 @@ def test_analyze_a_real_clip_end_to_end(tmp_path: Path, real_clip: Path) -> None
     summary = json.loads((out / "case.json").read_text())
     assert summary["case_id"] == case_id and summary["status"] == "ready"
     assert summary["video"] == {"duration_s": 32.0, "width": 854, "height": 480, "fps": 25.0}
-    assert lake_files(home, "processed-videos/") == [f"processed-videos/{case_id}/video.mp4"]
+    assert lake_files(home, "processed-videos/") == [
+        f"processed-videos/{case_id}/deidentified.mp4",
+        f"processed-videos/{case_id}/video.mp4",
+    ]
+    for table in ("detections", "tracks", "phases", "events"):
+        assert f"{table}.parquet" in summary["outputs"]
+        assert (out / f"{table}.parquet").stat().st_size > 0
     assert "Jane" not in proc.stdout + proc.stderr
     assert not [p for p in home.rglob("*") if "Jane" in p.name]
     listing = surg(home, "cases", "list")
@@ -159,3 +165,22 @@ def test_analyze_refuses_a_bad_file_without_creating_anything(tmp_path: Path, vi
     assert_user_error(proc, "not a readable video container")
     assert lake_files(home, "") == []
     assert not (tmp_path / "out").exists()
+
+
+def test_models_path_bootstraps_the_shipped_defaults(tmp_path: Path) -> None:
+    from surg_assets.models import default_weights_file
+
+    if not default_weights_file("instrument_detector").exists():
+        pytest.skip("no default weights in ml_models/default_weights (run `make models`)")
+    home = tmp_path / "home"
+    proc = surg(home, "models", "path", "instrument_detector")
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file() and path.is_relative_to(home)
+    assert path.read_bytes() == default_weights_file("instrument_detector").read_bytes()
+    listing = surg(home, "models", "list")
+    assert "instrument_detector" in listing.stdout and "bootstrap" in listing.stdout
+    assert_user_error(
+        surg(home, "models", "approve", "instrument_detector", "v7", "--by", "ann"),
+        "has no version v7",
+    )
