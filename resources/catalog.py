@@ -88,6 +88,9 @@ class Upload(Base):
     created_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where the assembled object goes (raw-videos/{case_id}/source.{ext}); the extension is the
+    # only thing kept from the client's file name (migration 0002).
+    target_key: Mapped[str | None] = mapped_column(String(256))
 
 
 class Annotation(Base):
@@ -151,6 +154,46 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class WebSession(Base):
+    """A browser session of the review web app (migration 0002).
+
+    Only the sha256 of the cookie's token is stored, so a copy of the database opens no session.
+    """
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """A bearer token for scripts (migration 0002); only its sha256 is stored."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CaseShare(Base):
+    """A case its owner (a surgeon) shared with another user (migration 0002)."""
+
+    __tablename__ = "case_shares"
+    __table_args__ = (UniqueConstraint("case_id", "user_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    shared_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -291,6 +334,38 @@ class Catalog(dg.ConfigurableResource):
         return self.update_case(
             case_id, status=status, failure_reason=failure_reason if status == "failed" else None
         )
+
+    # -- annotations ---------------------------------------------------------------------------
+
+    def add_annotations(
+        self, records: list[dict[str, Any]], dataset: str, author: str, source: str = "import"
+    ) -> list[int]:
+        """Store annotation records (``ml_models.formats`` rows); returns their ids in order."""
+        rows = [
+            Annotation(
+                case_id=r.get("case_id"),
+                dataset=dataset,
+                kind=str(r["kind"]),
+                frame_index=r.get("frame_index"),
+                t_s=r.get("t_s"),
+                payload=r,
+                author=r.get("author") or author,
+                source=source,
+            )
+            for r in records
+        ]
+        with self.session() as s:
+            s.add_all(rows)
+            s.flush()
+            return [row.id for row in rows]
+
+    def annotations(self, dataset: str | None = None) -> list[Annotation]:
+        """Annotations, oldest first, optionally of one dataset."""
+        q = select(Annotation).order_by(Annotation.id)
+        if dataset:
+            q = q.where(Annotation.dataset == dataset)
+        with self.session() as s:
+            return list(s.scalars(q))
 
     def list_cases(self, status: str | None = None, limit: int = 1000) -> list[Case]:
         """Cases, newest first."""

@@ -257,6 +257,7 @@ def _register_optional_commands() -> None:
 
         app.command("synth")(cli_lab.synth_command)
         app.add_typer(cli_lab.eval_app, name="eval")
+        app.add_typer(cli_lab.annotations_app, name="annotations")
     if importlib.util.find_spec("surg_assets.cli_web"):
         from surg_assets import cli_web
 

@@ -228,3 +228,32 @@ def eval_events(
     table.add_row("[bold]all[/bold]", _fmt(s.precision), _fmt(s.recall), _fmt(s.f1), "", "", "")
     console.print(table)
     _write_json(json_path, s.to_dict())
+
+
+annotations_app = typer.Typer(help="Annotations in the catalog.", no_args_is_help=True)
+
+
+@annotations_app.command("import")
+def annotations_import(
+    path: Path = typer.Argument(..., help="An annotation file or dataset folder."),
+    dataset: str = typer.Option(..., "--dataset", help="Name of the dataset in the catalog."),
+    fmt: str | None = typer.Option(None, "--format", help="Format (guessed when omitted)."),
+    fps: float = typer.Option(25.0, help="Frame rate of the annotated video."),
+    author: str = typer.Option("import", help="Who annotated it, when the file does not say."),
+) -> None:
+    """Import annotations (YOLO, COCO, LabelMe, CholecT50, Cholec80, ANVIL, MOT) to the catalog."""
+    from ml_models.formats import load_annotations
+    from resources.settings import load_settings
+    from surg_assets.settings import build_resources
+
+    loaded = load_annotations(path, fmt=fmt, fps=fps)
+    catalog = build_resources(load_settings())["catalog"]
+    ids = catalog.add_annotations(loaded.to_records(), dataset=dataset, author=author)
+    kinds: dict[str, int] = {}
+    for a in loaded.annotations:
+        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    console.print(
+        f"imported {len(ids)} annotations into dataset {dataset} "
+        f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); "
+        f"{len(loaded.skipped)} inputs skipped"
+    )

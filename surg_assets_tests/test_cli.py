@@ -184,3 +184,26 @@ def test_models_path_bootstraps_the_shipped_defaults(tmp_path: Path) -> None:
         surg(home, "models", "approve", "instrument_detector", "v7", "--by", "ann"),
         "has no version v7",
     )
+
+
+def test_annotations_import_into_the_catalog(tmp_path: Path) -> None:
+    from resources.catalog import Catalog
+    from surg_assets_tests.conftest import SHARED_DATA
+
+    phase_file = SHARED_DATA / "cholec80-annotations" / "video01-phase.txt"
+    if not phase_file.exists():
+        pytest.skip("Cholec80 annotations absent from ../shared/data")
+    home = tmp_path / "home"
+    proc = surg(home, "annotations", "import", str(phase_file), "--dataset", "cholec80")
+    assert proc.returncode == 0, proc.stderr
+    rows = Catalog(url=f"sqlite:///{home / 'catalog.db'}").annotations("cholec80")
+    assert [r.payload["class_name"] for r in rows][:2] == [
+        "Preparation",
+        "Calot triangle dissection",
+    ]
+    assert all(r.kind == "phase" and r.source == "import" for r in rows)
+    bad = tmp_path / "bad-phase.txt"
+    bad.write_text("Frame\tPhase\n0\tNotAPhase\n")
+    failed = surg(home, "annotations", "import", str(bad), "--dataset", "x", "--format",
+                  "cholec80-phase")  # fmt: skip
+    assert_user_error(failed, "line 2")

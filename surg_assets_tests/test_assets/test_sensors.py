@@ -31,10 +31,10 @@ def _put(home: Path, key: str, src: Path | None = None) -> None:
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    ctx = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance, cursor=cursor, resources=build_resources(load_settings())
-    )
-    return new_video_sensor(ctx)
+    ) as ctx:
+        return new_video_sensor(ctx)
 
 
 def test_plan_separates_cases_from_strays_and_ignores_staging() -> None:
@@ -96,7 +96,10 @@ def test_a_file_dropped_into_raw_videos_is_adopted_under_a_new_case_id(
         job = defs().resolve_job_def("analyze_case")
         run = job.execute_in_process(partition_key=case_id, instance=instance)
         assert run.success
-    assert lake_files(surg_home, "processed-videos/") == [f"processed-videos/{case_id}/video.mp4"]
+    assert lake_files(surg_home, "processed-videos/") == [
+        f"processed-videos/{case_id}/deidentified.mp4",
+        f"processed-videos/{case_id}/video.mp4",
+    ]
     assert not any("Jane" in p.name for p in surg_home.rglob("*"))
 
 
@@ -121,7 +124,7 @@ def test_run_outcomes_set_the_case_status(surg_home: Path, videos: dict) -> None
                 dagster_instance=instance,
                 dagster_run=result.dagster_run,
                 dagster_event=event,
-                resources=resources,
+                resources={"catalog": catalog},
             )
             if result.success:
                 case_ready_sensor(ctx)
