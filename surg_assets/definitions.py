@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from surg_assets import checks, sensors
-from surg_assets.assets import ingest, perception, privacy
+from surg_assets import checks, checks_cognition, sensors
+from surg_assets.assets import cognition, ingest, perception, privacy
 from surg_assets.jobs import analyze_case
 from surg_assets.settings import build_resources
 
@@ -12,8 +12,8 @@ from surg_assets.settings import build_resources
 def defs() -> dg.Definitions:
     """Assembled at load time so ``SURG_ENV``/``SURG_HOME`` are read when Dagster loads us."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, perception, privacy]),
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        assets=dg.load_assets_from_modules([ingest, perception, privacy, cognition]),
+        asset_checks=dg.load_asset_checks_from_modules([checks, checks_cognition]),
         jobs=[analyze_case],
         sensors=[
             sensors.new_video_sensor,

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from surg_assets.assets.cognition import case_analysis, case_report
 from surg_assets.assets.ingest import raw_video, transcoded_video
 from surg_assets.assets.perception import (
     instrument_detections,
@@ -19,6 +20,8 @@ CASE_ASSETS = [
     instrument_detections,
     instrument_tracks,
     phase_timeline,
+    case_analysis,
+    case_report,
 ]
 
 analyze_case = dg.define_asset_job(

@@ -12,6 +12,7 @@ from ml_models.video import VideoLimits
 from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
+from resources.report_writers import report_writer_from_env
 from resources.settings import Settings, env_float, env_int, load_settings
 
 
@@ -80,4 +81,9 @@ def build_resources(settings: Settings | None = None, deferred: bool = False) ->
     registry = ModelRegistry(
         catalog=catalog, blob_store=blob_store, cache_dir=str(settings.home / "model-cache")
     )
-    return {"blob_store": blob_store, "catalog": catalog, "registry": registry}
+    return {
+        "blob_store": blob_store,
+        "catalog": catalog,
+        "registry": registry,
+        "report_writer": report_writer_from_env(deferred),
+    }

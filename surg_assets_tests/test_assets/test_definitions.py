@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Renaming or removing an asset is a visible decision: update this list on purpose.
 EXPECTED_ASSET_KEYS = [
+    "case_analysis",
+    "case_report",
     "deidentified_video",
     "instrument_detections",
     "instrument_tracks",
@@ -25,6 +27,8 @@ EXPECTED_ASSET_KEYS = [
     "video_events",
 ]
 EXPECTED_CHECKS = [
+    "case_analysis:analysis_meets_contract",
+    "case_report:report_is_valid_and_grounded",
     "deidentified_video:deidentified_video_is_clean",
     "instrument_detections:detections_meet_contract",
     "instrument_tracks:tracks_meet_contract",

@@ -54,6 +54,8 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
         "phases_meet_contract": True,
         "events_meet_contract": True,
         "deidentified_video_is_clean": True,
+        "analysis_meets_contract": True,
+        "report_is_valid_and_grounded": True,
     }
     store = resources["blob_store"]
     for name, schema in [
