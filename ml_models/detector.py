@@ -204,8 +204,14 @@ def detect_video(
     conf: float = 0.25,
     device: str = "auto",
     progress: Callable[[DetectionRun], None] | None = None,
+    start_s: float = 0.0,
+    end_s: float | None = None,
 ) -> tuple[pa.Table, DetectionRun]:
-    """Run the detector over a video, streaming; return the detections table and counters."""
+    """Run the detector over a video (or the chunk ``start_s``..``end_s``), streaming.
+
+    Returns:
+        The detections table and counters.
+    """
     run = DetectionRun()
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -235,7 +241,7 @@ def detect_video(
         if progress:
             progress(run)
 
-    for frame in sample_frames(video, sample_fps):
+    for frame in sample_frames(video, sample_fps, start_s=start_s, end_s=end_s):
         pending.append(frame)
         if len(pending) >= batch_size:
             flush()

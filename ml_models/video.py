@@ -517,12 +517,19 @@ class SampledFrame:
 
 
 def sample_frames(
-    path: str | Path, sample_fps: float, max_queue: int = 32
+    path: str | Path,
+    sample_fps: float,
+    max_queue: int = 32,
+    start_s: float = 0.0,
+    end_s: float | None = None,
 ) -> Iterator[SampledFrame]:
     """Decode ``path`` in a background thread; yield about ``sample_fps`` frames per second.
 
     The queue is bounded, so a slow consumer (the model) holds the decoder back instead of
-    letting decoded frames pile up: memory stays flat however long the video is.
+    letting decoded frames pile up: memory stays flat however long the video is. ``start_s`` and
+    ``end_s`` restrict decoding to a time range (a chunk of a long video): the decoder seeks to
+    the keyframe before ``start_s``, and the sampling grid stays aligned to the video's start, so
+    chunks sample exactly the frames a whole pass would.
     """
     q: queue.Queue[SampledFrame | BaseException | None] = queue.Queue(maxsize=max_queue)
     stop = threading.Event()
@@ -532,16 +539,22 @@ def sample_frames(
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                rate = float(stream.average_rate or stream.guessed_rate or 25)
                 step = 1.0 / sample_fps
-                next_t = 0.0
-                for index, frame in enumerate(container.decode(stream)):
+                if start_s > 0:
+                    container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
+                next_t = np.ceil(start_s / step - 1e-6) * step
+                for frame in container.decode(stream):
                     if stop.is_set():
                         return
                     t = float(frame.time or 0.0)
+                    if end_s is not None and t >= end_s - 1e-6:
+                        break
                     if t + 1e-6 < next_t:
                         continue
                     # Whole-step jumps keep the grid aligned to the video's start.
                     next_t = (np.floor(t / step + 1e-6) + 1) * step
+                    index = int(round(t * rate))  # constant frame rate: time gives the index
                     q.put(SampledFrame(index, t, frame.to_ndarray(format="bgr24")))
             q.put(None)
         except BaseException as exc:  # surfaced to the consumer thread

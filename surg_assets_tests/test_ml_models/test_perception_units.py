@@ -33,6 +33,17 @@ def test_sampling_takes_the_requested_rate_in_a_bounded_queue(tmp_path: Path) ->
     assert frames[0].bgr.shape == (240, 320, 3)
 
 
+def test_chunks_sample_exactly_the_frames_of_a_whole_pass(tmp_path: Path) -> None:
+    video = write_sample_video(tmp_path / "v.mp4", seconds=6, fps=25)
+    whole = [(f.frame_index, round(f.t_s, 3)) for f in sample_frames(video, 5.0)]
+    chunks = [
+        (f.frame_index, round(f.t_s, 3))
+        for start, end in [(0.0, 2.1), (2.1, 4.0), (4.0, None)]
+        for f in sample_frames(video, 5.0, start_s=start, end_s=end)
+    ]
+    assert len(whole) == 30 and chunks == whole
+
+
 def test_sampling_stops_the_decoder_when_the_consumer_stops_early(tmp_path: Path) -> None:
     video = write_sample_video(tmp_path / "v.mp4", seconds=4, fps=25)
     gen = sample_frames(video, 25.0, max_queue=1)
