@@ -35,18 +35,59 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(weights: str | Path) -> Any:
-    """Load trained YOLO weights (a local ``.pt``; a missing file is the user's error)."""
+def load_model(
+    weights: str | Path,
+    runtime: str = "torch",
+    imgsz: int = 320,
+    cache_dir: str | Path | None = None,
+) -> Any:
+    """Load trained YOLO weights for inference.
+
+    Args:
+        weights: A local ``.pt`` file (a missing file is the user's error).
+        runtime: ``torch``, or ``onnx`` for ONNX Runtime (about 1.3x faster on a CPU here, same
+            detections); the ONNX file is exported once per weights and input size and cached.
+        imgsz: Input size the ONNX graph is exported for.
+        cache_dir: Where exported graphs are kept (default: beside the weights).
+    """
     path = Path(weights)
     if not path.is_file():
         raise InputError(
             "the instrument detector weights file does not exist; train one with "
             "`surg train detector` or `make models`."
         )
+    if runtime not in ("torch", "onnx"):
+        raise InputError(f"inference runtime {runtime!r} is unknown; use 'torch' or 'onnx'.")
     ultralytics_offline()
     from ultralytics import YOLO
 
+    if runtime == "onnx":
+        return YOLO(str(onnx_graph(path, imgsz, cache_dir)), task="segment")
     return YOLO(str(path), task="segment")
+
+
+def onnx_graph(weights: Path, imgsz: int, cache_dir: str | Path | None = None) -> Path:
+    """The ONNX export of ``weights`` at ``imgsz`` (dynamic batch), made once and cached."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    from ultralytics import YOLO
+
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    target = Path(cache_dir or weights.parent) / f"{weights.stem}-{digest}-{imgsz}.onnx"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model.pt"
+        shutil.copyfile(weights, local)
+        exported = YOLO(str(local), task="segment").export(
+            format="onnx", imgsz=imgsz, dynamic=True, simplify=True, verbose=False
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(exported, target.with_suffix(".part"))
+        target.with_suffix(".part").replace(target)  # atomic: readers never see half a graph
+    return target
 
 
 @dataclass(frozen=True)

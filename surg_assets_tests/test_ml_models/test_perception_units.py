@@ -191,3 +191,28 @@ def test_scene_cut_found_at_the_cut(tmp_path: Path) -> None:
     table = events_table(cuts, "c1")
     assert table.schema.equals(EVENTS) and table.column("kind").to_pylist() == ["scene_cut"]
     assert json.loads(table.to_pandas().to_json())  # serialisable for the web app
+
+
+def test_onnx_runtime_gives_the_detections_of_torch(
+    tiny_models: dict[str, Path], synthetic_case: Path, tmp_path: Path
+) -> None:
+    from ml_models.detector import detect_video, load_model
+
+    video = synthetic_case / "video.mp4"
+    tables = {}
+    for runtime in ("torch", "onnx"):
+        model = load_model(tiny_models["instrument_detector"], runtime, 320, tmp_path / "onnx")
+        tables[runtime], _ = detect_video(
+            model, video, "c1", "v", sample_fps=1.0, imgsz=320, conf=0.001, end_s=8.0
+        )
+    a, b = (tables[r].to_pandas().sort_values(["frame_index", "confidence"]) for r in tables)
+    assert len(a) > 0 and list((tmp_path / "onnx").glob("*.onnx"))
+    # Near the confidence threshold float differences flip a few boxes; the confident ones agree.
+    assert abs(len(a) - len(b)) <= max(3, len(a) // 7)
+    boxes = ["x1", "y1", "x2", "y2"]
+    for row in a.nlargest(min(len(a), 20), "confidence").itertuples():
+        same = b[(b.frame_index == row.frame_index) & (b.class_id == row.class_id)]
+        gaps = np.abs(same[boxes].to_numpy() - np.array([row.x1, row.y1, row.x2, row.y2]))
+        best = gaps.max(axis=1).argmin()
+        assert gaps[best].max() < 2.0  # pixels
+        assert abs(same.confidence.iloc[best] - row.confidence) < 0.01
