@@ -44,7 +44,9 @@ test: install $(if $(wildcard deploy/requirements-tools.txt),tools)
 up: install
 	mkdir -p $(SURG_HOME)/dagster
 	test -f $(SURG_HOME)/dagster/dagster.yaml || cp dagster.yaml $(SURG_HOME)/dagster/dagster.yaml
-	DAGSTER_HOME=$(SURG_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
+	# The web app (http://127.0.0.1:8000) beside dagster dev (http://127.0.0.1:3000).
+	$(BIN)/surg serve --host 127.0.0.1 --port 8000 & web=$$!; \
+	DAGSTER_HOME=$(SURG_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml; kill $$web
 
 bench: install
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

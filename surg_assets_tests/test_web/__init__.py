@@ -1,0 +1,1 @@
+"""Tests of the review web app: real uvicorn servers, real databases, a real browser."""

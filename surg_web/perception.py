@@ -1,0 +1,294 @@
+"""Reading a case's perception results for the player, with reviewers' corrections applied.
+
+The tables follow DESIGN.md section 3 (``processed-metadata/{case_id}/*.parquet``); whichever of
+them exist are used. Tables are cached in memory per (key, modification time), so a player
+fetching overlay windows does not re-read the file each time, and a re-run is picked up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy import select
+
+from resources.blob_store import BlobStore
+from resources.catalog import Annotation, Catalog
+
+_CACHE: OrderedDict[tuple[str, float], Any] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 16
+
+
+def metadata_key(case_id: str, name: str) -> str:
+    """``processed-metadata/{case_id}/{name}``."""
+    return f"processed-metadata/{case_id}/{name}"
+
+
+def video_key(blob_store: BlobStore, case_id: str) -> str | None:
+    """The video the player may show: the de-identified one, else the transcoded one."""
+    for name in ("deidentified.mp4", "video.mp4"):
+        key = f"processed-videos/{case_id}/{name}"
+        if blob_store.exists(key):
+            return key
+    return None
+
+
+def _cached(blob_store: BlobStore, key: str, parse: Any) -> Any:
+    info = blob_store.head(key)
+    if info is None:
+        return None
+    cache_key = (key, info.last_modified)
+    with _CACHE_LOCK:
+        if cache_key in _CACHE:
+            _CACHE.move_to_end(cache_key)
+            return _CACHE[cache_key]
+    value = parse(blob_store.get_bytes(key))
+    with _CACHE_LOCK:
+        _CACHE[cache_key] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def read_table(blob_store: BlobStore, case_id: str, name: str) -> pa.Table | None:
+    """``processed-metadata/{case_id}/{name}.parquet`` as a table, or None if absent."""
+    return _cached(
+        blob_store, metadata_key(case_id, f"{name}.parquet"), lambda b: pq.read_table(io.BytesIO(b))
+    )
+
+
+def read_json(blob_store: BlobStore, case_id: str, name: str) -> Any:
+    """``processed-metadata/{case_id}/{name}.json`` parsed, or None if absent."""
+    return _cached(blob_store, metadata_key(case_id, f"{name}.json"), json.loads)
+
+
+def review_annotations(catalog: Catalog, case_id: str, kind: str | None = None) -> list[Annotation]:
+    """A case's reviewer annotations, oldest first."""
+    q = select(Annotation).where(Annotation.case_id == case_id, Annotation.source == "review")
+    if kind:
+        q = q.where(Annotation.kind == kind)
+    with catalog.session() as s:
+        return list(s.scalars(q.order_by(Annotation.id)))
+
+
+def current_annotations(annotations: list[Annotation]) -> list[Annotation]:
+    """The annotations no later one supersedes (the current version of each correction)."""
+    superseded = {a.supersedes_id for a in annotations if a.supersedes_id}
+    return [a for a in annotations if a.id not in superseded]
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _matches(box: dict[str, Any], target: dict[str, Any]) -> bool:
+    # A model box is identified by its frame and track (stable across re-reads) or, without a
+    # track, by class and position: row numbers would shift if the model ran again.
+    if box["f"] != target.get("frame_index"):
+        return False
+    if target.get("track_id") is not None and box.get("k") is not None:
+        return box["k"] == target["track_id"]
+    tb = target.get("box")
+    return bool(tb) and box["c"] == target.get("class_id", box["c"]) and _iou(box["b"], tb) > 0.9
+
+
+def overlay_window(
+    blob_store: BlobStore, catalog: Catalog, case_id: str, from_s: float, to_s: float
+) -> dict[str, Any]:
+    """Boxes (tracks if present, else detections) between ``from_s`` and ``to_s``.
+
+    Each box: ``f`` frame index, ``t`` seconds, ``b`` [x1, y1, x2, y2] pixels, ``c`` class id,
+    ``n`` class name, ``p`` confidence, ``k`` track id (or null), ``m`` outline polygon (or
+    null), ``r`` the id of the reviewer correction that made or changed it (or null).
+    Reviewer corrections of boxes in the window are applied: deleted boxes are gone, moved or
+    relabelled ones changed, added ones present.
+    """
+    source = "tracks"
+    table = read_table(blob_store, case_id, "tracks")
+    if table is None:
+        source, table = "detections", read_table(blob_store, case_id, "detections")
+    boxes: list[dict[str, Any]] = []
+    if table is not None and table.num_rows:
+        t = table.column("t_s")
+        window = table.filter(pc.and_(pc.greater_equal(t, from_s), pc.less_equal(t, to_s)))
+        cols = {n: window.column(n).to_pylist() for n in window.column_names}
+        n_rows = window.num_rows
+        tracks = cols.get("track_id") or [None] * n_rows
+        masks = cols.get("mask") or [None] * n_rows
+        for i in range(n_rows):
+            boxes.append(
+                {
+                    "f": cols["frame_index"][i],
+                    "t": round(cols["t_s"][i], 4),
+                    "b": [round(cols[k][i], 1) for k in ("x1", "y1", "x2", "y2")],
+                    "c": cols["class_id"][i],
+                    "n": cols["class_name"][i],
+                    "p": round(cols["confidence"][i], 3),
+                    "k": tracks[i],
+                    "m": [round(v, 1) for v in masks[i]] if masks[i] else None,
+                    "r": None,
+                }
+            )
+    corrections = [
+        a
+        for a in current_annotations(review_annotations(catalog, case_id, "box"))
+        if a.t_s is not None and from_s <= a.t_s <= to_s
+    ]
+    for a in corrections:
+        p = a.payload
+        action, target = p.get("action"), p.get("target") or {}
+        if action in ("modify", "delete"):
+            boxes = [b for b in boxes if not _matches(b, target)]
+        if action in ("add", "modify"):
+            boxes.append(
+                {
+                    "f": a.frame_index,
+                    "t": a.t_s,
+                    "b": p["box"],
+                    "c": p.get("class_id"),
+                    "n": p.get("class_name"),
+                    "p": 1.0,
+                    "k": p.get("track_id", target.get("track_id")),
+                    "m": None,
+                    "r": a.id,
+                }
+            )
+    boxes.sort(key=lambda b: (b["f"], b["k"] if b["k"] is not None else -1))
+    return {"source": source if table is not None else None, "boxes": boxes}
+
+
+def timeline(blob_store: BlobStore, catalog: Catalog, case_id: str) -> dict[str, Any]:
+    """Phase segments (a reviewer's current correction if any, else the model's) and events."""
+    phases: list[dict[str, Any]] = []
+    table = read_table(blob_store, case_id, "phases")
+    if table is not None:
+        for row in table.to_pylist():
+            phases.append(
+                {
+                    "phase_id": row.get("phase_id"),
+                    "phase_name": row.get("phase_name"),
+                    "start_s": row.get("start_s"),
+                    "end_s": row.get("end_s"),
+                    "confidence": row.get("confidence"),
+                }
+            )
+    phases.sort(key=lambda p: p["start_s"] or 0.0)
+    source = "model" if table is not None else None
+    correction_id = None
+    current = current_annotations(review_annotations(catalog, case_id, "phase"))
+    if current:
+        latest = current[-1]
+        phases, source, correction_id = latest.payload["segments"], "review", latest.id
+    events = []
+    ev = read_table(blob_store, case_id, "events")
+    if ev is not None:
+        for row in ev.to_pylist():
+            events.append(
+                {
+                    "kind": row.get("kind"),
+                    "start_s": row.get("start_s"),
+                    "end_s": row.get("end_s"),
+                    "score": row.get("score"),
+                }
+            )
+    return {
+        "phases": phases,
+        "phase_source": source,
+        "phase_correction_id": correction_id,
+        "events": events,
+    }
+
+
+def instrument_usage(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
+    """Usage per instrument class and per track, from ``tracks`` (or ``detections``).
+
+    ``visible_s`` is the union of the class's track spans (two graspers at once count once).
+    When ``analysis.json`` exists its richer per-class statistics are passed along too.
+    """
+    table = read_table(blob_store, case_id, "tracks")
+    has_tracks = table is not None
+    if table is None:
+        table = read_table(blob_store, case_id, "detections")
+    tracks: dict[Any, dict[str, Any]] = {}
+    if table is not None and table.num_rows:
+        cols = {n: table.column(n).to_pylist() for n in ("t_s", "class_id", "class_name")}
+        ids = table.column("track_id").to_pylist() if has_tracks else None
+        conf = table.column("confidence").to_pylist()
+        for i, t in enumerate(cols["t_s"]):
+            # Without tracks every class is one pseudo-track, so the panel still has rows.
+            tid = ids[i] if ids is not None else f"class-{cols['class_id'][i]}"
+            tr = tracks.setdefault(
+                tid,
+                {
+                    "track_id": tid if ids is not None else None,
+                    "class_id": cols["class_id"][i],
+                    "class_name": cols["class_name"][i],
+                    "start_s": t,
+                    "end_s": t,
+                    "detections": 0,
+                    "confidence_sum": 0.0,
+                },
+            )
+            tr["start_s"], tr["end_s"] = min(tr["start_s"], t), max(tr["end_s"], t)
+            tr["detections"] += 1
+            tr["confidence_sum"] += conf[i] or 0.0
+    classes: dict[str, dict[str, Any]] = {}
+    for tr in tracks.values():
+        tr["mean_confidence"] = round(tr.pop("confidence_sum") / max(1, tr["detections"]), 3)
+        c = classes.setdefault(
+            tr["class_name"],
+            {"class_name": tr["class_name"], "class_id": tr["class_id"], "tracks": 0, "spans": []},
+        )
+        c["tracks"] += 1
+        c["spans"].append((tr["start_s"], tr["end_s"]))
+    for c in classes.values():
+        spans = sorted(c.pop("spans"))
+        merged: list[list[float]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        c["visible_s"] = round(sum(b - a for a, b in merged), 2)
+        c["first_s"], c["last_s"] = merged[0][0], merged[-1][1]
+        c["intervals"] = merged
+    analysis = read_json(blob_store, case_id, "analysis")
+    return {
+        "classes": sorted(classes.values(), key=lambda c: -c["visible_s"]),
+        "tracks": sorted(tracks.values(), key=lambda t: t["start_s"]),
+        "analysis": (analysis or {}).get("instruments"),
+    }
+
+
+def case_summary(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
+    """Phase durations and instruments used, for the case list's columns and filters."""
+    analysis = read_json(blob_store, case_id, "analysis") or {}
+    phase_s: dict[str, float] = {}
+    for d in analysis.get("phase_durations") or []:
+        phase_s[d.get("phase")] = round(float(d.get("duration_s") or 0.0), 1)
+    instruments = sorted({i.get("instrument") for i in analysis.get("instruments") or []} - {None})
+    if not phase_s:
+        table = read_table(blob_store, case_id, "phases")
+        if table is not None:
+            for row in table.to_pylist():
+                name = row.get("phase_name")
+                dur = float(row.get("end_s") or 0) - float(row.get("start_s") or 0)
+                phase_s[name] = round(phase_s.get(name, 0.0) + dur, 1)
+    if not instruments:
+        table = read_table(blob_store, case_id, "tracks") or read_table(
+            blob_store, case_id, "detections"
+        )
+        if table is not None:
+            instruments = sorted(pc.unique(table.column("class_name")).to_pylist())
+    return {"phase_durations_s": phase_s, "instruments": instruments}
