@@ -54,6 +54,9 @@ class DetectionConfig(dg.Config):
     imgsz: int = 320
     confidence: float = 0.25
     device: str = "auto"
+    # ONNX Runtime is about 2x faster than eager PyTorch on a CPU here with the same detections;
+    # "torch" is the choice on a GPU (fp16).
+    runtime: str = "onnx"
 
 
 @dg.asset(
@@ -72,11 +75,14 @@ def instrument_detections(
     registry: ModelRegistry,
 ) -> dg.MaterializeResult:
     """Streaming, batched detection over the normalised video at ``sample_fps``."""
-    from ml_models.detector import detect_video, load_model
+    from ml_models.detector import detect_video, load_model, resolve_device
 
     case_id = context.partition_key
     version, weights = approved_model(registry, "instrument_detector")
-    model = load_model(weights)
+    runtime = "torch" if resolve_device(config.device).startswith("cuda") else config.runtime
+    model = load_model(
+        weights, runtime, config.imgsz, cache_dir=f"{registry.cache_dir}/onnx/{version.version}"
+    )
     model_version = f"instrument_detector:{version.version}"
     last = [0.0]
 
@@ -107,6 +113,7 @@ def instrument_detections(
             "frames_per_second": round(run.fps, 2),
             "seconds": round(run.seconds, 2),
             "model_version": model_version,
+            "runtime": runtime,
             "per_class": dg.MetadataValue.json(run.per_class),
             "preview": preview(table, ["t_s", "class_name", "confidence", "x1", "y1", "x2", "y2"]),
         }
