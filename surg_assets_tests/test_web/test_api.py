@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sqlite3
 import time
@@ -414,3 +415,22 @@ def test_the_audit_chain_of_everything_above_is_intact(web: WebServer) -> None:
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("UPDATE audit_log SET actor = 'mallory' WHERE id = 1")
     db.close()
+
+
+def test_what_happens_at_a_moment(web: WebServer, ready_case: str) -> None:
+    from surg_assets_tests.test_cognition.cases import hand_analysis
+
+    c = web.client("rey")
+    assert c.get(f"/api/cases/{ready_case}/at", params={"t": 12}).status_code == 404
+    web.blob_store.put_bytes(
+        f"processed-metadata/{ready_case}/analysis.json",
+        hand_analysis().model_dump_json().encode(),
+    )
+    # Hand-written case: at 31 s Calot triangle dissection, the hook in use, out of body.
+    at = c.get(f"/api/cases/{ready_case}/at", params={"t": 31}).json()
+    assert at["timestamp"] == "00:00:31"
+    assert at["phase"] == "Calot triangle dissection"
+    assert "hook" in json.dumps(at["instruments"]) and "out_of_body" in json.dumps(at["events"])
+    assert c.get(f"/api/cases/{ready_case}/at", params={"t": -1}).status_code == 422
+    assert web.client(None).get(f"/api/cases/{ready_case}/at?t=1").status_code == 401
+    web.blob_store.delete(f"processed-metadata/{ready_case}/analysis.json")

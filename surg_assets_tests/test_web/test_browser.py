@@ -218,6 +218,32 @@ def test_upload_review_and_correct_in_chromium(
     )
     page.screenshot(path=str(artifacts / "corrected.png"))
 
+    # Drag the phase boundary from 2.0 s to about 1.0 s, then relabel the second segment.
+    handle = page.locator("#phasebar .handle[data-boundary='1']").bounding_box()
+    bar = page.locator("#phasebar").bounding_box()
+    page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(bar["x"] + bar["width"] * 0.25, handle["y"] + 5, steps=5)
+    page.mouse.up()
+    page.wait_for_selector("#history-rows tr:nth-child(2)")
+    page.mouse.click(bar["x"] + bar["width"] * 0.75, bar["y"] + bar["height"] / 2)
+    page.select_option("#phase-select", "Clipping and cutting")
+    page.click("#relabel-phase")
+    page.wait_for_selector("#phasebar .seg[data-phase='Clipping and cutting']")
+    with site.catalog.session() as s:
+        phase_rows = (
+            s.query(Annotation)
+            .filter(Annotation.case_id == case.id, Annotation.kind == "phase")
+            .order_by(Annotation.id)
+            .all()
+        )
+    assert len(phase_rows) == 2 and phase_rows[1].supersedes_id == phase_rows[0].id
+    segments = phase_rows[1].payload["segments"]
+    assert [x["phase_name"] for x in segments] == ["Preparation", "Clipping and cutting"]
+    assert segments[0]["end_s"] == pytest.approx(1.0, abs=0.25)
+    assert segments[0]["end_s"] == segments[1]["start_s"]
+    page.screenshot(path=str(artifacts / "phases-corrected.png"))
+
     # Nothing the browser did leaked the file's name, and nothing failed in the page.
     assert not any("Jane" in line for line in _audit(site))
     assert b"Jane" not in (site.home / "catalog.db").read_bytes()

@@ -221,6 +221,23 @@ def case_report(case_id: CaseId, request: Request, user: User) -> dict[str, Any]
     }
 
 
+@router.get("/cases/{case_id}/at")
+def case_at(
+    case_id: CaseId,
+    request: Request,
+    user: User,
+    t: Annotated[float, Query(ge=0, le=86_400, description="Seconds from the start.")],
+) -> dict[str, Any]:
+    """What happens at one moment: phase, visible instruments, ongoing events (from analysis)."""
+    from ml_models.analysis import Analysis, state_at
+
+    case = authorised_case(request, user, case_id, "analysis.read")
+    raw = perception.read_json(ctx(request).blob_store, case.id, "analysis")
+    if raw is None:
+        raise HTTPException(404, f"case {case.id} has no analysis yet; wait for the analysis.")
+    return state_at(Analysis.model_validate(raw), t)
+
+
 # -- corrections ---------------------------------------------------------------------------
 
 
