@@ -1,0 +1,1 @@
+"""API routers of the review app, one file per area."""
