@@ -42,9 +42,8 @@ MiB = 1024 * 1024
 STAGING_PREFIX = "uploads-staging/"
 S3_MIN_PART = 5 * MiB  # S3 refuses smaller parts (all but the last)
 MAX_PARTS = 10_000  # S3's limit on parts per upload
-# Extensions accepted from the client's file name, mapped to the stored extension. Mirrors the
-# drop-in list of surg_assets.intake: the key layout raw-videos/{case_id}/source.{ext} is the
-# contract of DESIGN.md section 3.
+# Extensions accepted from a client's or a dropped file's name, mapped to the stored extension
+# (raw-videos/{case_id}/source.{ext}, DESIGN.md section 3); also used by surg_assets.intake.
 VIDEO_EXTENSIONS = {
     "mp4": "mp4",
     "m4v": "mp4",

@@ -16,23 +16,11 @@ from ml_models.errors import InputError, VideoValidationError
 from ml_models.video import VideoLimits, VideoProbe, check_limits, probe_video
 from resources.blob_store import BlobInfo, BlobStore
 from resources.catalog import Catalog
+from resources.uploads import VIDEO_EXTENSIONS
 
 RAW_PREFIX = "raw-videos/"
 CASE_ID_RE = re.compile(r"^c[0-9a-f]{16}$")
 _RAW_KEY_RE = re.compile(r"^raw-videos/(c[0-9a-f]{16})/source\.([a-z0-9]{1,5})$")
-# Extensions a dropped file may carry; anything else is stored as .bin and refused by raw_video.
-_DROP_EXTENSIONS = {
-    "mp4": "mp4",
-    "m4v": "mp4",
-    "mov": "mp4",
-    "mkv": "mkv",
-    "webm": "webm",
-    "avi": "avi",
-    "ts": "ts",
-    "mts": "ts",
-    "mpg": "mpg",
-    "mpeg": "mpg",
-}
 
 
 def raw_key(case_id: str, extension: str) -> str:
@@ -131,7 +119,8 @@ def adopt_stray(blob_store: BlobStore, catalog: Catalog, info: BlobInfo) -> str 
         is then removed).
     """
     suffix = info.key.rsplit(".", 1)[-1].lower() if "." in info.key.rsplit("/", 1)[-1] else ""
-    ext = _DROP_EXTENSIONS.get(suffix, "bin")
+    # Anything not a known video extension is stored as .bin and refused by raw_video.
+    ext = VIDEO_EXTENSIONS.get(suffix, "bin")
     with blob_store.local_copy(info.key) as local:
         digest = sha256_of(local)
     case, created = catalog.create_case(sha256=digest, status="queued", size_bytes=info.size)
