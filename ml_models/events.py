@@ -1,5 +1,8 @@
 """Video events: black frames, colour bars, scene cuts, out-of-body frames, burned-in text.
 
+Stretches of the upload that could not be decoded (``decode_gap``) come from the normaliser
+(:class:`ml_models.video.TolerantDecoder`) and are turned into events here.
+
 Each detector turns sampled frames into intervals with a score. Black frames and colour bars are
 simple image statistics; scene cuts come from PySceneDetect's content detector; out-of-body frames
 from a small CNN (:mod:`ml_models.frames`) trained on synthetic operating-room scenes against
@@ -24,7 +27,14 @@ from ml_models.frames import FrameCNN, predict_proba, prepare
 from ml_models.tables import EVENTS, table_from_rows
 from ml_models.video import sample_frames
 
-EVENT_KINDS = ("black", "colour_bars", "scene_cut", "out_of_body", "burned_in_text")
+EVENT_KINDS = (
+    "black",
+    "colour_bars",
+    "scene_cut",
+    "out_of_body",
+    "burned_in_text",
+    "decode_gap",
+)
 
 
 @dataclass(frozen=True)
@@ -256,6 +266,24 @@ def _text_events(
             Event("burned_in_text", start, ev.end_s, ev.score, json.dumps({"box": union}))
         )
     return events
+
+
+def decode_gap_events(gaps: Iterable[dict]) -> list[Event]:
+    """Damaged stretches of the upload (``DecodeGap`` as dicts) -> ``decode_gap`` events.
+
+    The normalised video repeats the last good picture over a gap, so the frame detectors see a
+    frozen scene there; the event says the pictures were lost, with the damaged packet count.
+    """
+    return [
+        Event(
+            "decode_gap",
+            float(g["start_s"]),
+            float(g["end_s"]),
+            1.0,
+            json.dumps({"packets": int(g["packets"])}),
+        )
+        for g in gaps
+    ]
 
 
 def events_table(events: Iterable[Event], case_id: str) -> pa.Table:

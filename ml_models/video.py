@@ -195,11 +195,11 @@ def _decode_first_frame(
 def _decodes_near(
     container: av.container.InputContainer, stream: av.VideoStream, t_s: float
 ) -> bool:
-    """True if a frame at or after about ``t_s`` seconds decodes."""
+    """True if a frame at or after about ``t_s`` seconds decodes (damaged packets skipped)."""
     try:
         offset = int(t_s / stream.time_base) + (stream.start_time or 0)
         container.seek(offset, stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
+        for frame in TolerantDecoder(container, stream).frames():
             if frame.time is not None and frame.time >= t_s - 2.0:
                 return True
     except (av.error.FFmpegError, ValueError):
@@ -252,6 +252,78 @@ def normalised_size(width: int, height: int, max_height: int) -> tuple[int, int]
 
 
 @dataclass(frozen=True)
+class DecodeGap:
+    """A stretch of a video whose pictures could not be decoded (damaged packets)."""
+
+    start_s: float
+    end_s: float
+    packets: int
+
+
+class TolerantDecoder:
+    """Decodes a video stream packet by packet, skipping damaged packets instead of failing.
+
+    A recording damaged in the middle (a bad sector, a dropped network chunk) still holds hours
+    of good surgery: the decoder refuses the damaged packets (and the pictures that reference
+    them), and decoding carries on from the next picture it can rebuild. What was lost is kept as
+    :class:`DecodeGap` intervals so the analysis can say so instead of pretending the video is
+    whole. Times are presentation times in seconds from the stream's first decoded picture.
+    """
+
+    def __init__(self, container: av.container.InputContainer, stream: av.VideoStream) -> None:
+        self.container = container
+        self.stream = stream
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        self.frame_s = 1.0 / float(rate)
+        self.bad_times: list[float] = []
+        self.good_times: list[float] = []
+
+    def frames(self) -> Iterator[av.VideoFrame]:
+        """Every decodable picture, in presentation order (damaged ones left out)."""
+        for packet in self.container.demux(self.stream):
+            try:
+                decoded = self.stream.decode(packet)
+            except (av.error.InvalidDataError, av.error.UndefinedError):
+                if packet.pts is not None:
+                    self.bad_times.append(float(packet.pts * packet.time_base))
+                continue
+            for frame in decoded:
+                if frame.time is None:
+                    continue
+                if frame.is_corrupt:
+                    self.bad_times.append(float(frame.time))
+                    continue
+                self.good_times.append(float(frame.time))
+                yield frame
+
+    def gaps(self) -> list[DecodeGap]:
+        """The lost stretches: each damaged packet widened to the hole around it, then merged.
+
+        A hole runs from just after the last good picture before a damaged packet to the first
+        good picture after it, since pictures predicted from a damaged one are lost too.
+        """
+        if not self.bad_times:
+            return []
+        good = np.sort(np.asarray(self.good_times, dtype=np.float64))
+        t0 = float(good[0]) if len(good) else min(self.bad_times)
+        spans: list[list[float]] = []
+        for t in sorted(self.bad_times):
+            i = int(np.searchsorted(good, t, side="right"))
+            start = float(good[i - 1]) + self.frame_s if i > 0 else t
+            end = float(good[i]) if i < len(good) else t + self.frame_s
+            start, end = min(start, t), max(end, t + self.frame_s)
+            if spans and start <= spans[-1][1] + 1e-6:
+                spans[-1][1] = max(spans[-1][1], end)
+                spans[-1][2] += 1
+            else:
+                spans.append([start, end, 1])
+        return [
+            DecodeGap(round(max(0.0, a - t0), 3), round(max(0.0, b - t0), 3), int(n))
+            for a, b, n in spans
+        ]
+
+
+@dataclass(frozen=True)
 class TranscodeResult:
     """What the normaliser wrote."""
 
@@ -262,6 +334,7 @@ class TranscodeResult:
     frames_duplicated: int
     frames_dropped: int
     duration_s: float
+    decode_gaps: tuple[DecodeGap, ...] = ()
 
 
 def transcode(
@@ -279,7 +352,8 @@ def transcode(
 
     Variable frame rate input is mapped onto a constant grid: each output slot takes the newest
     source frame at or before it, so frames are duplicated to fill gaps and dropped when the
-    source runs faster than the grid.
+    source runs faster than the grid. Damaged packets in the middle are skipped the same way
+    (the previous picture fills their slots) and reported in ``decode_gaps``.
 
     Args:
         src: Validated source video.
@@ -317,9 +391,8 @@ def transcode(
         ost.codec_context.time_base = 1 / rate
         t0: float | None = None
         next_slot = 0
-        for frame in inp.decode(ins):
-            if frame.time is None:
-                continue
+        decoder = TolerantDecoder(inp, ins)
+        for frame in decoder.frames():
             if t0 is None:
                 t0 = frame.time
             slot = int(math.floor((frame.time - t0) * float(rate) + 0.5))
@@ -354,6 +427,7 @@ def transcode(
         frames_duplicated=duplicated,
         frames_dropped=dropped,
         duration_s=written / float(rate),
+        decode_gaps=tuple(decoder.gaps()),
     )
 
 

@@ -1,6 +1,8 @@
 """Ingest assets: the raw upload, validated, and its normalised H.264 rendition."""
 
+import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +19,11 @@ from surg_assets.settings import video_limits_from_env
 def processed_video_key(case_id: str) -> str:
     """Where a case's normalised video lives."""
     return f"processed-videos/{case_id}/video.mp4"
+
+
+def decode_gaps_key(case_id: str) -> str:
+    """Where the stretches of a case's upload that could not be decoded are listed (JSON)."""
+    return f"processed-metadata/{case_id}/decode_gaps.json"
 
 
 def _refuse(catalog: Catalog, case_id: str, reason: str) -> dg.Failure:
@@ -109,6 +116,14 @@ def transcoded_video(
             raise _refuse(catalog, case_id, str(exc)) from None
         blob_store.put_file(out_key, out, metadata={"case-id": case_id})
         size = out.stat().st_size
+    gaps = [asdict(g) for g in result.decode_gaps]
+    blob_store.put_bytes(decode_gaps_key(case_id), json.dumps({"gaps": gaps}).encode())
+    if gaps:
+        lost = sum(g["end_s"] - g["start_s"] for g in gaps)
+        context.log.warning(
+            f"case {case_id}: {len(gaps)} damaged stretch(es) of the upload could not be decoded "
+            f"({lost:.1f} s in all); analysis goes on and video_events records them."
+        )
     return dg.MaterializeResult(
         metadata={
             "key": out_key,
@@ -120,5 +135,7 @@ def transcoded_video(
             "frames_duplicated": result.frames_duplicated,
             "frames_dropped": result.frames_dropped,
             "duration_s": round(result.duration_s, 3),
+            "decode_gaps": len(gaps),
+            "decode_gap_seconds": round(sum(g["end_s"] - g["start_s"] for g in gaps), 3),
         }
     )

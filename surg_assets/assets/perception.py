@@ -1,5 +1,6 @@
 """Perception assets: instruments (detections, tracks), surgical phases, video events."""
 
+import json
 import time
 
 import dagster as dg
@@ -15,7 +16,7 @@ from ml_models.tables import (
 from resources.blob_store import BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
-from surg_assets.assets.ingest import processed_video_key, transcoded_video
+from surg_assets.assets.ingest import decode_gaps_key, processed_video_key, transcoded_video
 from surg_assets.models import approved_model
 from surg_assets.partitions import cases
 from surg_assets.placement import GPU_OP_TAGS, GPU_POOL
@@ -266,7 +267,10 @@ class EventsConfig(dg.Config):
     deps=[transcoded_video],
     group_name="perception",
     kinds={"pytorch", "parquet"},
-    description="Black frames, colour bars, scene cuts, out-of-body frames, burned-in text.",
+    description=(
+        "Black frames, colour bars, scene cuts, out-of-body frames, burned-in text, and the "
+        "stretches of the upload that could not be decoded."
+    ),
 )
 def video_events(
     context: dg.AssetExecutionContext,
@@ -275,13 +279,22 @@ def video_events(
     registry: ModelRegistry,
 ) -> dg.MaterializeResult:
     """One sampled pass (image statistics, out-of-body CNN, text persistence) + PySceneDetect."""
-    from ml_models.events import OutOfBodyClassifier, events_table, scan_video
+    from ml_models.events import (
+        OutOfBodyClassifier,
+        decode_gap_events,
+        events_table,
+        scan_video,
+    )
 
     case_id = context.partition_key
     version, weights = approved_model(registry, "out_of_body_model")
     classifier = OutOfBodyClassifier.load(weights)
     with blob_store.local_copy(processed_video_key(case_id)) as video:
         scan = scan_video(video, classifier, config.sample_fps, config.cut_threshold)
+    gaps_key = decode_gaps_key(case_id)
+    if blob_store.exists(gaps_key):  # cases transcoded before gaps were recorded have none
+        scan.events += decode_gap_events(json.loads(blob_store.get_bytes(gaps_key))["gaps"])
+        scan.events.sort(key=lambda e: (e.start_s, e.kind))
     table = events_table(scan.events, case_id)
     key = write_table(blob_store, case_id, "events.parquet", table)
     counts: dict[str, int] = {}
