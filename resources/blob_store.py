@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -22,12 +23,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from ml_models.errors import InputError
+from resources.lake_crypto import (
+    DEFAULT_CHUNK,
+    HEADER_SIZE,
+    MAGIC,
+    BlobIntegrityError,
+    EncryptedReader,
+    encrypt_stream,
+    load_or_create_key_file,
+    parse_key,
+    plaintext_length,
+)
 
 # Keys the platform builds are plain ASCII; files people drop into the lake may carry any
 # printable name, which must still be listable and movable, so only what could escape the root or
@@ -35,6 +47,10 @@ from ml_models.errors import InputError
 _KEY_RE = re.compile(r"^[^\x00-\x1f\x7f\\/][^\x00-\x1f\x7f\\]*$")
 _TMP_PREFIX = ".tmp-"
 _META_DIR = ".meta"
+# Where people and tools may drop unencrypted videos by hand (the new-video sensor adopts them).
+DROP_PREFIX = "raw-videos/"
+_CASE_ID_RE = re.compile(r"^c[0-9a-f]{16}$")
+_BLOCK = 1024 * 1024
 
 
 def check_key(key: str) -> str:
@@ -85,6 +101,18 @@ def _after(info: BlobInfo, cursor: tuple[float, str] | None) -> bool:
     return (round(info.last_modified, 6), info.key) > (cursor[0], cursor[1])
 
 
+def _read_span(fh: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start..end`` (inclusive) of an open plain file, in blocks."""
+    fh.seek(start)
+    left = end - start + 1
+    while left > 0:
+        block = fh.read(min(_BLOCK, left))
+        if not block:
+            break
+        left -= len(block)
+        yield block
+
+
 class BlobStore(dg.ConfigurableResource, ABC):
     """The object store: a local folder or an S3 bucket, same keys, same guarantees."""
 
@@ -128,6 +156,11 @@ class BlobStore(dg.ConfigurableResource, ABC):
         """True if an object is stored under ``key``."""
         return self.head(key) is not None
 
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start..end`` (inclusive) of an object, in blocks, without loading it whole."""
+        with self.local_copy(key) as path, open(path, "rb") as fh:
+            yield from _read_span(fh, start, end)
+
     def list_after(self, prefix: str, cursor: str | None) -> tuple[list[BlobInfo], str | None]:
         """Objects under ``prefix`` newer than ``cursor``, oldest first, and the next cursor.
 
@@ -165,21 +198,82 @@ class LocalBlobStore(BlobStore):
     """Objects as files under ``root``; metadata in a sidecar tree ``root/.meta``.
 
     Writes go to a hidden temporary file in the destination folder and are renamed into place,
-    which is atomic on POSIX filesystems. Presigned URLs point at ``public_base_url`` (the web
-    app) and carry an HMAC signature and an expiry that :meth:`verify_presigned` checks.
+    which is atomic on POSIX filesystems. With ``encrypt_at_rest`` (the default) every object is
+    written encrypted with AES-256-GCM in authenticated chunks (:mod:`resources.lake_crypto`);
+    reads decrypt, range reads decrypt only the chunks they need, and an altered chunk raises
+    :class:`BlobIntegrityError` instead of returning bytes. Unencrypted files are trusted only
+    under ``raw-videos/``, where people drop videos by hand. Presigned URLs point at
+    ``public_base_url`` (the web app) and carry an HMAC signature and an expiry that
+    :meth:`verify_presigned` checks.
+
+    The lake key comes from ``encryption_key`` (base64, ``SURG_LAKE_KEY``), else from
+    ``encryption_key_file`` (``SURG_LAKE_KEY_FILE``, which must exist), else from ``lake.key``
+    beside ``root``, generated with mode 0600 on first use.
     """
 
     root: str
     public_base_url: str = "http://127.0.0.1:8000"
     secret_key_file: str = ""
+    encrypt_at_rest: bool = True
+    encryption_key: str = ""
+    encryption_key_file: str = ""
+    encryption_chunk_bytes: int = DEFAULT_CHUNK
 
     _secret: bytes | None = PrivateAttr(default=None)
+    _lake_key: bytes | None = PrivateAttr(default=None)
 
     def _path(self, key: str) -> Path:
         return Path(self.root) / check_key(key)
 
     def _meta_path(self, key: str) -> Path:
         return Path(self.root) / _META_DIR / f"{check_key(key)}.json"
+
+    def default_key_file(self) -> Path:
+        """Where the generated lake key lives when no key is configured (beside the lake)."""
+        return Path(self.root).resolve().parent / "lake.key"
+
+    def lake_key(self) -> bytes:
+        """The 32-byte lake key (read once; never logged or shown)."""
+        if self._lake_key is None:
+            if self.encryption_key:
+                self._lake_key = parse_key(self.encryption_key, "setting SURG_LAKE_KEY")
+            elif self.encryption_key_file:
+                path = Path(self.encryption_key_file).expanduser()
+                self._lake_key = load_or_create_key_file(path, create=False)
+            else:
+                self._lake_key = load_or_create_key_file(self.default_key_file(), create=True)
+        return self._lake_key
+
+    @staticmethod
+    def _label(key: str) -> str:
+        # A dropped file's name may identify a patient: only platform-built keys are named.
+        parts = key.split("/")
+        if key.startswith(DROP_PREFIX) and not (len(parts) == 3 and _CASE_ID_RE.match(parts[1])):
+            return "a file dropped into raw-videos/"
+        return f"object {key}"
+
+    @contextlib.contextmanager
+    def _open(self, key: str) -> Iterator[tuple[BinaryIO, EncryptedReader | None, int]]:
+        """The object's open file, its decrypting reader (``None`` if stored plain) and size."""
+        path = self._path(key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"no object {key}") from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if fh.read(len(MAGIC)) == MAGIC:
+                reader = EncryptedReader(fh, size, self.lake_key(), key, self._label(key))
+                yield fh, reader, reader.length
+                return
+            if self.encrypt_at_rest and not key.startswith(DROP_PREFIX):
+                raise BlobIntegrityError(
+                    f"{self._label(key)} is stored unencrypted, which the encrypted lake does "
+                    "not trust; rebuild it (re-materialize its asset) or set "
+                    "SURG_LAKE_ENCRYPTION=off to read an unencrypted lake."
+                )
+            fh.seek(0)
+            yield fh, None, size
 
     def _write_atomic(self, target: Path, writer: Any) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +289,16 @@ class LocalBlobStore(BlobStore):
                 os.unlink(tmp)
             raise
 
+    def _write_object(self, key: str, src: BinaryIO, length: int) -> None:
+        def write(fh: Any) -> None:
+            if self.encrypt_at_rest:
+                key_bytes = self.lake_key()
+                encrypt_stream(src, length, fh, key_bytes, key, self.encryption_chunk_bytes)
+            else:
+                shutil.copyfileobj(src, fh, length=8 * 1024 * 1024)
+
+        self._write_atomic(self._path(key), write)
+
     def _write_meta(self, key: str, metadata: dict[str, str] | None) -> None:
         meta_path = self._meta_path(key)
         if metadata:
@@ -205,45 +309,83 @@ class LocalBlobStore(BlobStore):
                 meta_path.unlink()
 
     def put_file(self, key: str, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        """Copy a local file in, atomically."""
-        src = Path(path)
-
-        def copy(fh: Any) -> None:
-            with open(src, "rb") as s:
-                shutil.copyfileobj(s, fh, length=8 * 1024 * 1024)
-
-        self._write_meta(key, metadata)
-        self._write_atomic(self._path(key), copy)
+        """Copy a local file in (encrypted unless ``encrypt_at_rest`` is off), atomically."""
+        check_key(key)
+        with open(path, "rb") as src:
+            length = os.fstat(src.fileno()).st_size
+            self._write_meta(key, metadata)
+            self._write_object(key, src, length)
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        """Write bytes, atomically."""
+        """Write bytes (encrypted unless ``encrypt_at_rest`` is off), atomically."""
+        check_key(key)
         self._write_meta(key, metadata)
-        self._write_atomic(self._path(key), lambda fh: fh.write(data))
+        self._write_object(key, io.BytesIO(data), len(data))
 
     def get_bytes(self, key: str) -> bytes:
-        """Read a whole object."""
-        path = self._path(key)
-        if not path.is_file():
-            raise FileNotFoundError(f"no object {key}")
-        return path.read_bytes()
+        """Read a whole object (decrypted and authenticated)."""
+        out = io.BytesIO()
+        self._copy_out(key, out)
+        return out.getvalue()
+
+    def _copy_out(self, key: str, dst: BinaryIO) -> None:
+        with self._open(key) as (fh, reader, _):
+            if reader is None:
+                shutil.copyfileobj(fh, dst, length=8 * 1024 * 1024)
+            else:
+                reader.copy_to(dst)
 
     def download(self, key: str, path: str | Path) -> None:
-        """Copy an object to ``path``."""
-        src = self._path(key)
-        if not src.is_file():
-            raise FileNotFoundError(f"no object {key}")
-        shutil.copyfile(src, path)
+        """Write the object's plaintext to ``path``; nothing is left there if it fails."""
+        target = Path(path)
+        try:
+            with open(target, "wb") as dst:
+                self._copy_out(key, dst)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            raise
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
-        """The object's own file: no copy is needed on local disk."""
-        path = self._path(key)
-        if not path.is_file():
-            raise FileNotFoundError(f"no object {key}")
-        yield path
+        """A plaintext file of the object for libraries that need a path (PyAV, ONNX Runtime).
+
+        An unencrypted dropped file is handed over as it is; an encrypted object is decrypted
+        into a private temporary folder (mode 0700) that is removed when the block ends.
+        """
+        with self._open(key) as (_, reader, _size):
+            plain = reader is None
+        if plain:
+            yield self._path(key)
+            return
+        with super().local_copy(key) as path:
+            yield path
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start..end`` (inclusive), decrypting only the chunks that overlap them."""
+        with self._open(key) as (fh, reader, _):
+            if reader is not None:
+                yield from reader.read_range(start, end)
+                return
+            yield from _read_span(fh, start, end)
+
+    def _plain_size(self, path: Path, st_size: int) -> int:
+        """The object's plaintext size: from the header when encrypted, else the file's size."""
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(HEADER_SIZE)
+        except FileNotFoundError:
+            return st_size
+        length = plaintext_length(head)
+        return st_size if length is None else length
+
+    def is_encrypted(self, key: str) -> bool:
+        """True if the object is stored encrypted."""
+        with self._open(key) as (_, reader, _size):
+            return reader is not None
 
     def head(self, key: str) -> BlobInfo | None:
-        """Size, modification time and metadata of an object."""
+        """Plaintext size, modification time and metadata of an object."""
         path = self._path(key)
         try:
             st = path.stat()
@@ -252,7 +394,10 @@ class LocalBlobStore(BlobStore):
         if not path.is_file():
             return None
         return BlobInfo(
-            key=key, size=st.st_size, last_modified=st.st_mtime, metadata=self._meta(key)
+            key=key,
+            size=self._plain_size(path, st.st_size),
+            last_modified=st.st_mtime,
+            metadata=self._meta(key),
         )
 
     def _meta(self, key: str) -> dict[str, str]:
@@ -288,7 +433,7 @@ class LocalBlobStore(BlobStore):
                     st = full.stat()
                 except FileNotFoundError:  # deleted while listing
                     continue
-                out.append(BlobInfo(key, st.st_size, st.st_mtime, {}))
+                out.append(BlobInfo(key, self._plain_size(full, st.st_size), st.st_mtime, {}))
         return sorted(out, key=lambda i: i.key)
 
     def set_metadata(self, key: str, metadata: dict[str, str]) -> None:
@@ -330,6 +475,26 @@ class LocalBlobStore(BlobStore):
         return hmac.compare_digest(expected, signature)
 
 
+def bucket_default_encryption(client: Any, bucket: str) -> str | None:
+    """The bucket's default encryption algorithm (``aws:kms``, ``AES256``...), or ``None``."""
+    from botocore.exceptions import ClientError
+
+    try:
+        config = client.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    except ClientError as exc:
+        if (
+            exc.response.get("Error", {}).get("Code")
+            == "ServerSideEncryptionConfigurationNotFoundError"
+        ):
+            return None
+        raise
+    for rule in config.get("Rules", []):
+        algorithm = rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm")
+        if algorithm:
+            return str(algorithm)
+    return None
+
+
 class S3BlobStore(BlobStore):
     """Objects in an S3 bucket (AWS, MinIO, or any S3 API), under an optional prefix.
 
@@ -345,21 +510,58 @@ class S3BlobStore(BlobStore):
     kms_key_id: str | None = None
     multipart_threshold_mb: int = 64
     multipart_chunk_mb: int = 16
+    allow_unencrypted_bucket: bool = False
+    retry_mode: str = "standard"
+    max_attempts: int = 8
 
     _client: Any = PrivateAttr(default=None)
 
+    def s3_client(self) -> Any:
+        """A boto3 S3 client with this store's endpoint and retry policy (no bucket check).
+
+        Transient failures (5xx, throttling, dropped connections) are retried by botocore's
+        ``standard`` or ``adaptive`` mode with exponential backoff, up to ``max_attempts``.
+        """
+        import boto3
+        from botocore.config import Config
+
+        if self.retry_mode not in ("standard", "adaptive", "legacy"):
+            raise InputError(
+                f"setting SURG_S3_RETRY_MODE={self.retry_mode!r} is unknown; "
+                "use 'standard' or 'adaptive'."
+            )
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url or None,
+            region_name=self.region_name or None,
+            config=Config(
+                signature_version="s3v4",
+                retries={"mode": self.retry_mode, "max_attempts": max(1, self.max_attempts)},
+            ),
+        )
+
     def _s3(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.client(
-                "s3",
-                endpoint_url=self.endpoint_url or None,
-                region_name=self.region_name or None,
-                config=Config(signature_version="s3v4", retries={"max_attempts": 5}),
-            )
+            client = self.s3_client()
+            if not self.allow_unencrypted_bucket:
+                self._refuse_unencrypted_bucket(client)
+            self._client = client
         return self._client
+
+    def _refuse_unencrypted_bucket(self, client: Any) -> None:
+        """Raise unless the bucket encrypts new objects by default (SSE-S3 or SSE-KMS)."""
+        if bucket_default_encryption(client, self.bucket) is None:
+            raise InputError(
+                f"bucket {self.bucket} has no default encryption; turn it on (SSE-KMS) or, "
+                "for a test bucket only, set SURG_S3_ALLOW_UNENCRYPTED_BUCKET=1."
+            )
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """A ranged GET of bytes ``start..end`` (inclusive), streamed in blocks."""
+        obj = self._s3().get_object(
+            Bucket=self.bucket, Key=self._full(key), Range=f"bytes={start}-{end}"
+        )
+        yield from obj["Body"].iter_chunks(_BLOCK)
 
     def _full(self, key: str) -> str:
         check_key(key)

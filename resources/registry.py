@@ -116,13 +116,14 @@ class ModelRegistry(dg.ConfigurableResource):
             return row
 
     def local_file(self, version: ModelVersion, stored: str = "weights.pt") -> Path:
-        """A local path of one of a version's files (the lake's own file, or a cached copy)."""
+        """A local path of one of a version's files: a cached plaintext copy.
+
+        The lake may be encrypted, so even a local store's file is never opened by path; a
+        version's files are immutable, so the copy is made once.
+        """
         key = f"{version.uri}/{stored}"
         if not self.blob_store.exists(key):
             raise InputError(f"model {version.name} {version.version} has no {stored} stored.")
-        root = getattr(self.blob_store, "root", None)
-        if root is not None:
-            return Path(root) / key
         target = Path(self.cache_dir) / key
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

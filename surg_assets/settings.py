@@ -32,12 +32,30 @@ def video_limits_from_env() -> VideoLimits:
     )
 
 
-def local_blob_store(settings: Settings) -> LocalBlobStore:
-    """The embedded default store under ``SURG_HOME/lake``."""
+def lake_encryption_from_env() -> bool:
+    """``SURG_LAKE_ENCRYPTION``: ``on`` (the default) or ``off``."""
+    raw = (os.environ.get("SURG_LAKE_ENCRYPTION") or "on").strip().lower()
+    if raw not in ("on", "off"):
+        raise InputError(f"setting SURG_LAKE_ENCRYPTION={raw!r} is unknown; use 'on' or 'off'.")
+    return raw == "on"
+
+
+def local_blob_store(settings: Settings, deferred: bool = False) -> LocalBlobStore:
+    """The embedded default store under ``SURG_HOME/lake``, encrypted at rest by default.
+
+    The key is ``SURG_LAKE_KEY`` (base64), else the file ``SURG_LAKE_KEY_FILE``, else
+    ``SURG_HOME/lake.key`` (generated, mode 0600, outside the lake folder).
+    """
+    key: Any = ""
+    if os.environ.get("SURG_LAKE_KEY"):
+        key = dg.EnvVar("SURG_LAKE_KEY") if deferred else os.environ["SURG_LAKE_KEY"]
     return LocalBlobStore(
         root=str(settings.lake_root),
         secret_key_file=str(settings.secret_key_file),
         public_base_url=os.environ.get("SURG_PUBLIC_URL", "http://127.0.0.1:8000"),
+        encrypt_at_rest=lake_encryption_from_env(),
+        encryption_key=key,
+        encryption_key_file=os.environ.get("SURG_LAKE_KEY_FILE", ""),
     )
 
 
@@ -76,7 +94,7 @@ def build_resources(settings: Settings | None = None, deferred: bool = False) ->
         blob_store = prod_blob_store(deferred)
         catalog = Catalog(url=_env("SURG_CATALOG_URL", deferred))
     else:
-        blob_store = local_blob_store(settings)
+        blob_store = local_blob_store(settings, deferred)
         catalog = Catalog(url=settings.catalog_url)
     registry = ModelRegistry(
         catalog=catalog, blob_store=blob_store, cache_dir=str(settings.home / "model-cache")

@@ -154,6 +154,23 @@ def moto_s3() -> Iterator[str]:
         server.stop()
 
 
+def create_bucket(endpoint: str, name: str, kms_key_id: str | None = None) -> None:
+    """A bucket as S3BlobStore requires it: default encryption on (SSE-KMS given a key)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=name)
+    default: dict[str, str] = {"SSEAlgorithm": "AES256"}
+    if kms_key_id:
+        default = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key_id}
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": default}]
+        },
+    )
+
+
 def lake_files(home: Path, prefix: str) -> list[str]:
     """Object keys under a prefix of a local lake (for 'nothing was written' assertions)."""
     root = home / "lake"

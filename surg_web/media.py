@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 
 from fastapi import HTTPException
 
-from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore
+from resources.blob_store import BlobStore
+from resources.lake_crypto import BlobIntegrityError
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 BLOCK = 256 * 1024
@@ -42,30 +44,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 def stream_object(blob_store: BlobStore, key: str, start: int, end: int) -> Iterator[bytes]:
     """Bytes ``start..end`` (inclusive) of an object, in blocks, without loading it whole.
 
-    A store that offers ``read_range`` (e.g. one that decrypts chunk by chunk) is asked for it;
-    otherwise a local store's file is read directly and S3 is asked with a ranged GET.
+    The first block is read (and, in an encrypted lake, authenticated) before the response
+    starts, so an object that fails its integrity check is answered with a 500 and no bytes; a
+    later chunk that fails ends the stream before any of its bytes are sent.
     """
-    reader = getattr(blob_store, "read_range", None)
-    if callable(reader):
-        yield from reader(key, start, end)
-        return
-    if isinstance(blob_store, LocalBlobStore):
-        with blob_store.local_copy(key) as path, open(path, "rb") as fh:
-            fh.seek(start)
-            left = end - start + 1
-            while left > 0:
-                block = fh.read(min(BLOCK, left))
-                if not block:
-                    break
-                left -= len(block)
-                yield block
-        return
-    if isinstance(blob_store, S3BlobStore):
-        obj = blob_store._s3().get_object(
-            Bucket=blob_store.bucket, Key=blob_store._full(key), Range=f"bytes={start}-{end}"
-        )
-        yield from obj["Body"].iter_chunks(BLOCK)
-        return
-    with blob_store.local_copy(key) as path, open(path, "rb") as fh:
-        fh.seek(start)
-        yield fh.read(end - start + 1)
+    blocks = blob_store.read_range(key, start, end)
+    try:
+        first = next(blocks, b"")
+    except BlobIntegrityError as exc:
+        raise HTTPException(500, str(exc)) from None
+    return itertools.chain([first], blocks)

@@ -46,7 +46,8 @@ def test_a_valid_video_is_validated_and_normalised(surg_home: Path, videos: dict
     assert raw_meta["probe/width"].value == 640
     out_key = f"processed-videos/{case_id}/video.mp4"
     assert lake_files(surg_home, "processed-videos/") == [out_key]
-    layout = inspect_layout(surg_home / "lake" / out_key)
+    with resources["blob_store"].local_copy(out_key) as local:
+        layout = inspect_layout(local)
     assert (layout.height, layout.has_audio, layout.foreign_tags) == (480, False, {})
     checks = result.get_asset_check_evaluations()
     assert [c.passed for c in checks] == [True]

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import create_engine, text
 
-from surg_assets_tests.conftest import PG_ADMIN_URL
+from surg_assets_tests.conftest import PG_ADMIN_URL, create_bucket
 
 
 @pytest.fixture
@@ -41,10 +41,10 @@ def test_analyze_case_on_postgres_s3_and_the_multiprocess_executor(
 ) -> None:
     bucket = f"surg-prod-{uuid.uuid4().hex[:8]}"
     s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
-    s3.create_bucket(Bucket=bucket)
     key_id = boto3.client("kms", endpoint_url=moto_s3, region_name="us-east-1").create_key()[
         "KeyMetadata"
     ]["KeyId"]
+    create_bucket(moto_s3, bucket, key_id)
     env = {
         "SURG_ENV": "prod",
         "SURG_HOME": str(tmp_path / "home"),

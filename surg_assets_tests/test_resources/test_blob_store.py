@@ -13,6 +13,7 @@ import pytest
 
 from ml_models.errors import InputError
 from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore, decode_cursor
+from surg_assets_tests.conftest import create_bucket
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]
     endpoint = request.getfixturevalue("moto_s3")
     key_id = request.getfixturevalue("kms_key")
     bucket = f"surg-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    create_bucket(endpoint, bucket, key_id)
     yield S3BlobStore(
         bucket=bucket,
         prefix="tenant-a",
@@ -140,7 +141,7 @@ def test_local_presigned_urls_are_signed_and_expire(tmp_path: Path) -> None:
 @pytest.fixture
 def s3_store(moto_s3: str, kms_key: str) -> S3BlobStore:
     bucket = f"surg-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1").create_bucket(Bucket=bucket)
+    create_bucket(moto_s3, bucket, kms_key)
     return S3BlobStore(
         bucket=bucket,
         endpoint_url=moto_s3,

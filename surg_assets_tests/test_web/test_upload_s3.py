@@ -9,12 +9,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from resources.blob_store import S3BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
+from surg_assets_tests.conftest import create_bucket
 from surg_assets_tests.test_web.conftest import WebServer, start_server
 from surg_assets_tests.test_web.helpers import put_part, upload
 
@@ -26,7 +26,7 @@ def s3_site(moto_s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     home = tmp_path_factory.mktemp("s3-web-home")
     bucket = "surg-uploads-test"
     region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    boto3.client("s3", endpoint_url=moto_s3, region_name=region).create_bucket(Bucket=bucket)
+    create_bucket(moto_s3, bucket)
     store = S3BlobStore(bucket=bucket, prefix="lake", endpoint_url=moto_s3, region_name=region)
     catalog = Catalog(url=f"sqlite:///{home / 'catalog.db'}")
     registry = ModelRegistry(catalog=catalog, blob_store=store, cache_dir=str(home / "cache"))
