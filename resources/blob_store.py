@@ -520,7 +520,7 @@ class S3BlobStore(BlobStore):
         """A boto3 S3 client with this store's endpoint and retry policy (no bucket check).
 
         Transient failures (5xx, throttling, dropped connections) are retried by botocore's
-        ``standard`` or ``adaptive`` mode with exponential backoff, up to ``max_attempts``.
+        ``standard`` or ``adaptive`` mode with exponential backoff, ``max_attempts`` in all.
         """
         import boto3
         from botocore.config import Config
@@ -536,9 +536,13 @@ class S3BlobStore(BlobStore):
             region_name=self.region_name or None,
             config=Config(
                 signature_version="s3v4",
-                retries={"mode": self.retry_mode, "max_attempts": max(1, self.max_attempts)},
+                retries={"mode": self.retry_mode, "total_max_attempts": max(1, self.max_attempts)},
             ),
         )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse to start a run on a bucket without default encryption (see :meth:`_s3`)."""
+        self._s3()
 
     def _s3(self) -> Any:
         if self._client is None:

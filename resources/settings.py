@@ -32,6 +32,16 @@ def env_int(name: str, default: int) -> int:
     return int(value)
 
 
+def env_flag(name: str) -> bool:
+    """An on/off setting: ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``/unset."""
+    raw = (os.environ.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise InputError(f"setting {name}={raw!r} is not on or off; set it to 1 or 0.")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things live and which resource set to use.

@@ -13,7 +13,7 @@ from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
 from resources.report_writers import report_writer_from_env
-from resources.settings import Settings, env_float, env_int, load_settings
+from resources.settings import Settings, env_flag, env_float, env_int, load_settings
 
 
 def video_limits_from_env() -> VideoLimits:
@@ -78,6 +78,9 @@ def prod_blob_store(deferred: bool = False) -> S3BlobStore:
         endpoint_url=os.environ.get("SURG_S3_ENDPOINT_URL") or None,
         region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
         kms_key_id=os.environ.get("SURG_S3_KMS_KEY_ID") or None,
+        allow_unencrypted_bucket=env_flag("SURG_S3_ALLOW_UNENCRYPTED_BUCKET"),
+        retry_mode=(os.environ.get("SURG_S3_RETRY_MODE") or "standard").strip().lower(),
+        max_attempts=env_int("SURG_S3_MAX_ATTEMPTS", 8),
     )
 
 
