@@ -57,10 +57,9 @@ PRIMARY_METRIC = {
 
 
 def _thresholds(name: str) -> dict[str, float]:
-    from resources.settings import env_float
+    from surg_assets.assets.training import thresholds
 
-    metric = PRIMARY_METRIC[name]
-    return {metric: env_float(f"SURG_MIN_{name.upper()}_{metric.upper()}", 0.0)}
+    return thresholds(name, PRIMARY_METRIC[name])
 
 
 def _register(name: str, weights: Path, card: dict, metrics: dict, approve_as: str | None) -> None:
@@ -205,7 +204,9 @@ def models_approve(
     name: str, version: str, by: str = typer.Option(..., "--by", help="Who approves.")
 ) -> None:
     """Approve a version: case assets use it from the next run."""
-    row = _registry().decide(name, version, "Approved", by)
+    registry = _registry()
+    row = registry.decide(name, version, "Approved", by)
+    _audit(registry, by, "model.approve", row.name, row.version)
     err.print(f"{row.name} {row.version} approved by {by}")
 
 
@@ -217,8 +218,51 @@ def models_reject(
     reason: str = typer.Option(..., "--reason", help="Why."),
 ) -> None:
     """Reject a version, with the reason."""
-    row = _registry().decide(name, version, "Rejected", by, reason)
+    registry = _registry()
+    row = registry.decide(name, version, "Rejected", by, reason)
+    _audit(registry, by, "model.reject", row.name, row.version, reason)
     err.print(f"{row.name} {row.version} rejected by {by}: {reason}")
+
+
+def _audit(
+    registry: Any, by: str, action: str, name: str, version: str, reason: str | None = None
+) -> None:
+    """A decision from the terminal goes to the audit log like one from the web app."""
+    from resources.audit import AuditLog
+
+    detail = {"model": name, "version": version, "reason": reason}
+    AuditLog(registry.catalog).record(by, action, source="cli", detail=detail)
+
+
+@models_app.command("lineage")
+def models_lineage(
+    name: str = typer.Argument(..., help="Model name, e.g. instrument_detector."),
+    version: str = typer.Argument(..., help="Version, e.g. v3."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole lineage as JSON."),
+) -> None:
+    """Which dataset version a model was trained on, and whose annotations it holds."""
+    from resources.datasets import lineage
+
+    registry = _registry()
+    found = lineage(registry, registry.blob_store, registry.catalog, name, version)
+    if as_json:
+        out.print(json.dumps(found, indent=2, default=str), soft_wrap=True)
+        return
+    dataset = found["dataset"]
+    out.print(f"{name} {version} ({found['status']}) trained on {found['dataset_version']}")
+    if dataset is None:
+        out.print("not trained from a dataset snapshot (default weights or `surg train`)")
+        return
+    out.print(
+        f"{dataset['name']} {dataset['version']}: {dataset['files']} files, split "
+        f"{dataset['split_sizes']}, {len(found['annotation_ids'])} annotations"
+    )
+    table = Table()
+    for column in ("author", "annotations by source"):
+        table.add_column(column)
+    for author, by_source in sorted(found["authors"].items()):
+        table.add_row(author, ", ".join(f"{k}: {n}" for k, n in sorted(by_source.items())))
+    out.print(table)
 
 
 @models_app.command("train-defaults")

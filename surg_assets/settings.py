@@ -11,6 +11,7 @@ from ml_models.errors import InputError
 from ml_models.video import VideoLimits
 from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore
 from resources.catalog import Catalog
+from resources.experiments import experiment_tracker
 from resources.registry import ModelRegistry
 from resources.report_writers import report_writer_from_env
 from resources.settings import Settings, env_flag, env_float, env_int, load_settings
@@ -107,4 +108,5 @@ def build_resources(settings: Settings | None = None, deferred: bool = False) ->
         "catalog": catalog,
         "registry": registry,
         "report_writer": report_writer_from_env(deferred),
+        "wandb_resource": experiment_tracker(),
     }

@@ -1,0 +1,515 @@
+"""Training assets: models trained from a dataset snapshot, evaluated, and registered.
+
+Each asset trains from one version of its dataset (``detector_dataset`` / ``phase_dataset``)
+with typed hyperparameters, logs the run to Weights & Biases (dagster-wandb; offline unless
+``WANDB_API_KEY`` is set), evaluates on the snapshot's held-out split and registers the version
+under the registry's governance: Pending when it clears the thresholds and does not regress
+against the current Approved version, otherwise Rejected with the reason. The evaluation is a
+blocking asset check of the same step, so a refused model fails its run visibly. Every decision
+goes to the audit log.
+"""
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+
+from ml_models.errors import InputError
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
+from resources import datasets as snapshots
+from resources.audit import AuditLog
+from resources.blob_store import BlobStore
+from resources.catalog import Catalog
+from resources.experiments import wandb_dir, wandb_mode, wandb_project
+from resources.registry import ModelRegistry
+from resources.settings import env_float
+from surg_assets.assets.datasets import detector_dataset, phase_dataset
+from surg_assets.models import approved_model
+from surg_assets.placement import GPU_OP_TAGS, GPU_POOL
+
+EVALUATION_CHECK = "evaluation_clears_gates"
+
+# The held-out metric a version must reach (``SURG_MIN_<MODEL>_<METRIC>``, default 0) and may
+# not regress on against the current Approved version.
+PRIMARY_METRIC = {
+    "instrument_detector": "box_map50",
+    "phase_model": "val_frame_accuracy",
+    "out_of_body_model": "val_accuracy",
+}
+
+
+def thresholds(name: str, metric: str | None = None) -> dict[str, float]:
+    """The registration threshold of a metric (default: the model's primary one), from settings."""
+    metric = metric or PRIMARY_METRIC[name]
+    return {metric: env_float(f"SURG_MIN_{name.upper()}_{metric.upper()}", 0.0)}
+
+
+def auto_approve() -> bool:
+    """``SURG_AUTO_APPROVE``: approve a version that clears every gate without a person."""
+    return os.environ.get("SURG_AUTO_APPROVE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_spec(name: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        EVALUATION_CHECK,
+        asset=name,
+        blocking=True,
+        description="Held-out metrics clear the thresholds and do not regress against the "
+        "current Approved version (else the version is registered Rejected with the reason).",
+    )
+
+
+class DetectorTrainingConfig(dg.Config):
+    """Hyperparameters of the instrument detector (tiny defaults; raise epochs for real use)."""
+
+    dataset_version: str = "latest"
+    init: str = "approved"  # "approved" (fine-tune the newest Approved), "scratch", or a .pt path
+    epochs: int = 3
+    imgsz: int = 320
+    batch: int = 8
+    device: str = "auto"
+    seed: int = 0
+
+
+class PhaseTrainingConfig(dg.Config):
+    """Hyperparameters of the two-stage phase model."""
+
+    dataset_version: str = "latest"
+    encoder_epochs: int = 2
+    temporal_epochs: int = 20
+    seed: int = 0
+
+
+class OutOfBodyTrainingConfig(dg.Config):
+    """Hyperparameters of the out-of-body classifier."""
+
+    dataset_version: str = "latest"
+    epochs: int = 3
+    seed: int = 0
+
+
+class _Tracked:
+    """One W&B run of a training step (the SDK comes from dagster-wandb's ``wandb_resource``)."""
+
+    def __init__(self, wandb: dict[str, Any], name: str, run_id: str, config: dict[str, Any]):
+        sdk = wandb["sdk"]
+        self.run = sdk.init(
+            project=wandb_project(),
+            name=f"{name}-{run_id[:8]}",
+            job_type="train",
+            dir=str(wandb_dir()),
+            mode=wandb_mode(),
+            config=config,
+            tags=[name, str(config.get("dataset"))],
+            reinit="finish_previous",
+        )
+
+    def log(self, values: dict[str, float], step: int | None = None) -> None:
+        self.run.log(values, step=step)
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, str]:
+        for k, v in summary.items():
+            self.run.summary[k] = v
+        info = {"wandb_run_id": self.run.id, "wandb_mode": wandb_mode()}
+        url = getattr(self.run, "url", None)
+        if url:
+            info["wandb_url"] = url
+        self.run.finish()
+        return info
+
+
+def _card(name: str, manifest: dict[str, Any], context: dg.AssetExecutionContext, **extra: Any):
+    import torch
+
+    return {
+        "name": name,
+        "dataset_version": f"{manifest['name']}:{manifest['version']}",
+        "dataset_content_hash": manifest["content_hash"],
+        "split_sizes": manifest.get("split_sizes"),
+        "trained_by": f"dagster run {context.run_id}",
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+        **extra,
+    }
+
+
+def _govern(
+    context: dg.AssetExecutionContext,
+    name: str,
+    files: dict[str, Path],
+    card: dict[str, Any],
+    metrics: dict[str, float],
+    manifest: dict[str, Any],
+    registry: ModelRegistry,
+    catalog: Catalog,
+    tracked: _Tracked,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Register under governance, audit the decision, and report materialization + check."""
+    dataset_version = f"{manifest['name']}:{manifest['version']}"
+    gates = thresholds(name)
+    row = registry.register_candidate(
+        name,
+        files,
+        card=card,
+        metrics=metrics,
+        primary_metric=PRIMARY_METRIC[name],
+        thresholds=gates,
+        dataset_version=dataset_version,
+        auto_approve=auto_approve(),
+    )
+    AuditLog(catalog).record(
+        row.decided_by or "evaluation",
+        "model.register",
+        outcome=row.status.lower(),
+        source="dagster",
+        detail={
+            "model": name,
+            "version": row.version,
+            "status": row.status,
+            "reason": row.reason,
+            "dataset_version": dataset_version,
+            "run_id": context.run_id,
+        },
+    )
+    wandb_info = tracked.finish({"registry_version": row.version, "registry_status": row.status})
+    verdict = f"{name} {row.version}: {row.status}" + (f" ({row.reason})" if row.reason else "")
+    context.log.info(verdict)
+    figures = {k: round(float(v), 4) for k, v in metrics.items()}
+    yield dg.MaterializeResult(
+        metadata={
+            "model_version": f"{name}:{row.version}",
+            "status": row.status,
+            "reason": row.reason or "",
+            "uri": row.uri,
+            "dataset_version": dataset_version,
+            "metrics": dg.MetadataValue.json(figures),
+            "thresholds": dg.MetadataValue.json(gates),
+            **wandb_info,
+        },
+        data_version=dg.DataVersion(row.version),
+    )
+    yield dg.AssetCheckResult(
+        check_name=EVALUATION_CHECK,
+        passed=row.status != "Rejected",
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict,
+        metadata={
+            "model_version": f"{name}:{row.version}",
+            "status": row.status,
+            "reason": row.reason or "",
+            "metrics": dg.MetadataValue.json(figures),
+            "thresholds": dg.MetadataValue.json(gates),
+        },
+    )
+
+
+def _snapshot(blob_store: BlobStore, name: str, version: str, dest: Path) -> dict[str, Any]:
+    """The manifest of the requested version, its files copied to ``dest`` and verified."""
+    manifest = snapshots.read_manifest(blob_store, name, version)
+    snapshots.download(blob_store, manifest, dest)
+    return manifest
+
+
+def _detector_init(config: DetectorTrainingConfig, registry: ModelRegistry) -> tuple[str, str]:
+    """The weights (or architecture) training starts from, and how to describe it."""
+    from ml_models.detector import DEFAULT_ARCH
+
+    if config.init == "scratch":
+        return DEFAULT_ARCH, f"scratch ({DEFAULT_ARCH})"
+    if config.init == "approved":
+        version, weights = approved_model(registry, "instrument_detector")
+        return str(weights), f"fine-tuned from instrument_detector:{version.version}"
+    if not Path(config.init).is_file():
+        raise InputError(
+            f"training config init={config.init!r} is not 'approved', 'scratch' or a weights "
+            "file; pass one of those."
+        )
+    return config.init, f"fine-tuned from {Path(config.init).name}"
+
+
+def reference_statistics(weights: Path, images: list[Path], imgsz: int) -> dict[str, Any]:
+    """What the detector predicts on held-out images: the drift sensor's reference."""
+    from ml_models.detector import load_model
+    from ml_models.drift import detection_statistics
+
+    model = load_model(weights)
+    classes: list[int] = []
+    confidences: list[float] = []
+    for i in range(0, len(images), 16):
+        for r in model.predict([str(p) for p in images[i : i + 16]], imgsz=imgsz, verbose=False):
+            if r.boxes is not None and len(r.boxes):
+                classes.extend(r.boxes.cls.cpu().numpy().astype(int).tolist())
+                confidences.extend(r.boxes.conf.cpu().numpy().astype(float).tolist())
+    return detection_statistics(classes, confidences, len(INSTRUMENT_CLASSES))
+
+
+@dg.asset(
+    deps=[detector_dataset],
+    group_name="training",
+    kinds={"pytorch", "onnx", "wandb"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    check_specs=[_check_spec("instrument_detector")],
+    description="The instrument detector trained on a detector_dataset version, in the registry.",
+)
+def instrument_detector(
+    context: dg.AssetExecutionContext,
+    config: DetectorTrainingConfig,
+    blob_store: BlobStore,
+    catalog: Catalog,
+    registry: ModelRegistry,
+    wandb_resource: dg.ResourceParam[dict[str, Any]],
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Train (ultralytics), evaluate on the held-out split, export ONNX, register."""
+    from ml_models.detector import evaluate_detector, onnx_graph, train_detector
+
+    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+        data_dir = Path(tmp) / "data"
+        manifest = _snapshot(blob_store, "detector_dataset", config.dataset_version, data_dir)
+        if not manifest["split"]["val"] or not manifest["split"]["train"]:
+            raise dg.Failure(
+                description=f"detector_dataset {manifest['version']} has no held-out (or no "
+                "training) images; annotate frames of another case, or raise val_fraction.",
+                allow_retries=False,
+            )
+        names = "\n".join(f"  {i}: {n}" for i, n in enumerate(manifest["classes"]))
+        data_yaml = data_dir / "data.yaml"
+        data_yaml.write_text(
+            f"path: {data_dir.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
+        )
+        init, init_text = _detector_init(config, registry)
+        dataset = f"detector_dataset:{manifest['version']}"
+        tracked = _Tracked(
+            wandb_resource,
+            "instrument_detector",
+            context.run_id,
+            {**config.model_dump(), "dataset": dataset, "init_from": init_text},
+        )
+        context.log.info(f"training on {dataset} ({manifest['split_sizes']}), {init_text}")
+        trained = train_detector(
+            data_yaml,
+            Path(tmp) / "runs",
+            epochs=config.epochs,
+            imgsz=config.imgsz,
+            init=init,
+            batch=config.batch,
+            device=config.device,
+            seed=config.seed,
+        )
+        tracked.log({f"train/{k}": v for k, v in trained.metrics.items()})
+        metrics = evaluate_detector(trained.weights, data_yaml, imgsz=config.imgsz, split="val")
+        tracked.log({f"val/{k}": v for k, v in metrics.items()})
+        val_images = sorted((data_dir / "images" / "val").glob("*.jpg"))
+        reference = reference_statistics(trained.weights, val_images, config.imgsz)
+        onnx = onnx_graph(trained.weights, config.imgsz, Path(tmp) / "onnx")
+        card = _card(
+            "instrument_detector",
+            manifest,
+            context,
+            init=init_text,
+            hyperparameters=config.model_dump(),
+            train_seconds=round(trained.seconds, 1),
+            evaluation="ultralytics validator on the snapshot's held-out split",
+            onnx={"imgsz": config.imgsz, "dynamic_batch": True},
+            reference_statistics=reference,
+        )
+        yield from _govern(
+            context,
+            "instrument_detector",
+            {"weights.pt": trained.weights, "model.onnx": onnx},
+            card,
+            metrics,
+            manifest,
+            registry,
+            catalog,
+            tracked,
+        )
+
+
+def _phase_splits(
+    root: Path, manifest: dict[str, Any]
+) -> dict[str, list[tuple[np.ndarray, dict[str, Any]]]]:
+    """Per split, the (frames, labels) of each case in a phase_dataset snapshot."""
+    out: dict[str, list[tuple[np.ndarray, dict[str, Any]]]] = {"train": [], "val": []}
+    for key, side in sorted(manifest["split"].items()):
+        folder = root / "cases" / key
+        labels = json.loads((folder / "labels.json").read_text())
+        out[side].append((np.load(folder / "frames.npy", allow_pickle=False), labels))
+    return out
+
+
+def _require_splits(splits: dict[str, list[Any]], manifest: dict[str, Any], what: str) -> None:
+    if not splits["train"] or not splits["val"]:
+        raise dg.Failure(
+            description=f"phase_dataset {manifest['version']} has no held-out (or no training) "
+            f"{what}; label phases of another case, or raise val_fraction.",
+            allow_retries=False,
+        )
+
+
+@dg.asset(
+    deps=[phase_dataset],
+    group_name="training",
+    kinds={"pytorch", "wandb"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    check_specs=[_check_spec("phase_model")],
+    description="The phase model (frame CNN + causal TCN) trained on a phase_dataset version.",
+)
+def phase_model(
+    context: dg.AssetExecutionContext,
+    config: PhaseTrainingConfig,
+    blob_store: BlobStore,
+    catalog: Catalog,
+    registry: ModelRegistry,
+    wandb_resource: dg.ResourceParam[dict[str, Any]],
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Train both stages on the training split; frame accuracy on the held-out split."""
+    from ml_models.phases import train_phase_model
+
+    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+        root = Path(tmp) / "data"
+        manifest = _snapshot(blob_store, "phase_dataset", config.dataset_version, root)
+        splits = _phase_splits(root, manifest)
+        _require_splits(splits, manifest, "seconds")
+        dataset = f"phase_dataset:{manifest['version']}"
+        tracked = _Tracked(
+            wandb_resource,
+            "phase_model",
+            context.run_id,
+            {**config.model_dump(), "dataset": dataset},
+        )
+        videos = [(f, np.asarray(lab["phase_ids"], np.int64)) for f, lab in splits["train"]]
+        started = time.perf_counter()
+        model = train_phase_model(
+            videos,
+            list(PHASES),
+            encoder_epochs=config.encoder_epochs,
+            temporal_epochs=config.temporal_epochs,
+            seed=config.seed,
+            log=context.log.info,
+        )
+
+        def accuracy(side: str) -> float:
+            hits = [
+                model.predict_images(f).argmax(1) == np.asarray(lab["phase_ids"])
+                for f, lab in splits[side]
+            ]
+            return float(np.mean(np.concatenate(hits)))
+
+        metrics = {
+            "val_frame_accuracy": accuracy("val"),
+            "train_frame_accuracy": accuracy("train"),
+            "val_seconds": float(sum(len(f) for f, _ in splits["val"])),
+        }
+        tracked.log(metrics)
+        weights = Path(tmp) / "phase_model.pt"
+        model.save(weights)
+        card = _card(
+            "phase_model",
+            manifest,
+            context,
+            hyperparameters=config.model_dump(),
+            train_seconds=round(time.perf_counter() - started, 1),
+            evaluation="frame accuracy at 1 fps on the snapshot's held-out split",
+            onnx="not exported: the two-stage model runs on the 1 fps stream in PyTorch",
+        )
+        yield from _govern(
+            context,
+            "phase_model",
+            {"weights.pt": weights},
+            card,
+            metrics,
+            manifest,
+            registry,
+            catalog,
+            tracked,
+        )
+
+
+@dg.asset(
+    deps=[phase_dataset],
+    group_name="training",
+    kinds={"pytorch", "wandb"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    check_specs=[_check_spec("out_of_body_model")],
+    description="The out-of-body classifier trained on the out-of-body flags of phase_dataset.",
+)
+def out_of_body_model(
+    context: dg.AssetExecutionContext,
+    config: OutOfBodyTrainingConfig,
+    blob_store: BlobStore,
+    catalog: Catalog,
+    registry: ModelRegistry,
+    wandb_resource: dg.ResourceParam[dict[str, Any]],
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Train the two-class frame CNN; accuracy on the held-out split."""
+    from ml_models.events import OutOfBodyClassifier
+    from ml_models.frames import FrameCNN, predict_proba, train_classifier
+
+    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+        root = Path(tmp) / "data"
+        manifest = _snapshot(blob_store, "phase_dataset", config.dataset_version, root)
+        splits = {
+            side: [(f, lab) for f, lab in rows if lab.get("out_of_body") is not None]
+            for side, rows in _phase_splits(root, manifest).items()
+        }
+        _require_splits(splits, manifest, "seconds with out-of-body labels")
+        dataset = f"phase_dataset:{manifest['version']}"
+        tracked = _Tracked(
+            wandb_resource,
+            "out_of_body_model",
+            context.run_id,
+            {**config.model_dump(), "dataset": dataset},
+        )
+
+        def stacked(side: str) -> tuple[np.ndarray, np.ndarray]:
+            rows = splits[side]
+            labels = [np.asarray(lab["out_of_body"], np.int64) for _, lab in rows]
+            return np.concatenate([f for f, _ in rows]), np.concatenate(labels)
+
+        images, labels = stacked("train")
+        started = time.perf_counter()
+        model = FrameCNN(2)
+        losses = train_classifier(model, images, labels, epochs=config.epochs, seed=config.seed)
+        for epoch, loss in enumerate(losses):
+            tracked.log({"train/loss": loss}, step=epoch)
+        val_images, val_labels = stacked("val")
+        metrics = {
+            "val_accuracy": float(
+                (predict_proba(model, val_images).argmax(1) == val_labels).mean()
+            ),
+            "train_accuracy": float((predict_proba(model, images).argmax(1) == labels).mean()),
+            "val_frames": float(len(val_labels)),
+        }
+        tracked.log(metrics)
+        weights = Path(tmp) / "out_of_body_model.pt"
+        OutOfBodyClassifier(model).save(weights)
+        card = _card(
+            "out_of_body_model",
+            manifest,
+            context,
+            hyperparameters=config.model_dump(),
+            train_seconds=round(time.perf_counter() - started, 1),
+            evaluation="accuracy at 1 fps on the snapshot's held-out split",
+            onnx="not exported: a 96 px frame CNN, fast in PyTorch on a CPU",
+        )
+        yield from _govern(
+            context,
+            "out_of_body_model",
+            {"weights.pt": weights},
+            card,
+            metrics,
+            manifest,
+            registry,
+            catalog,
+            tracked,
+        )
