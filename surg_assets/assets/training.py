@@ -338,10 +338,11 @@ def _phase_splits(
 ) -> dict[str, list[tuple[np.ndarray, dict[str, Any]]]]:
     """Per split, the (frames, labels) of each case in a phase_dataset snapshot."""
     out: dict[str, list[tuple[np.ndarray, dict[str, Any]]]] = {"train": [], "val": []}
-    for key, side in sorted(manifest["split"].items()):
-        folder = root / "cases" / key
-        labels = json.loads((folder / "labels.json").read_text())
-        out[side].append((np.load(folder / "frames.npy", allow_pickle=False), labels))
+    for side, pairs in out.items():
+        for key in manifest["split"][side]:
+            folder = root / "cases" / key
+            labels = json.loads((folder / "labels.json").read_text())
+            pairs.append((np.load(folder / "frames.npy", allow_pickle=False), labels))
     return out
 
 

@@ -1,0 +1,76 @@
+"""Phase side of the loop: phase and out-of-body labels -> phase_dataset -> both models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from ml_models.formats import load_annotations
+from resources import datasets as snapshots
+from resources.settings import load_settings
+from surg_assets.assets.datasets import detector_dataset, phase_dataset
+from surg_assets.assets.ingest import processed_video_key
+from surg_assets.assets.training import out_of_body_model, phase_model
+from surg_assets.settings import build_resources
+
+CASE = "c00000000000000d1"
+
+
+def test_phase_labels_train_both_models_from_one_snapshot(
+    surg_home: Path, synthetic_case: Path
+) -> None:
+    resources = build_resources(load_settings())
+    catalog, blob_store, registry = (resources[k] for k in ("catalog", "blob_store", "registry"))
+    catalog.ensure_case(CASE)
+    blob_store.put_file(processed_video_key(CASE), synthetic_case / "video.mp4")
+    for path in ("phase.txt", "events.json"):
+        records = load_annotations(synthetic_case / path, fps=25).to_records()
+        for r in records:
+            r["case_id"] = CASE
+        catalog.add_annotations(records, dataset="synthetic-s7", author="lab")
+    tiny = {
+        "phase_model": {"config": {"encoder_epochs": 1, "temporal_epochs": 5}},
+        "out_of_body_model": {"config": {"epochs": 1}},
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [phase_dataset, phase_model, out_of_body_model],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": tiny},
+        )
+    assert result.success
+    manifest = snapshots.read_manifest(blob_store, "phase_dataset")
+    assert manifest["version"] == "v1" and manifest["out_of_body_cases"] == [CASE]
+    assert manifest["split_sizes"]["val"] >= 1 and manifest["split_sizes"]["train"] >= 1
+    # One frame per labelled second, split in 10 s blocks of the single case.
+    folder = surg_home / "snapshot"
+    snapshots.download(blob_store, manifest, folder)
+    frames = sum(np.load(p).shape[0] for p in folder.rglob("frames.npy"))
+    assert frames == manifest["seconds"][CASE] > 20
+    checks = {c.asset_key.to_user_string(): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"phase_model": True, "out_of_body_model": True}
+    for name, metric in (
+        ("phase_model", "val_frame_accuracy"),
+        ("out_of_body_model", "val_accuracy"),
+    ):
+        (row,) = registry.versions(name)
+        assert row.status == "Pending" and row.dataset_version == "phase_dataset:v1"
+        assert 0.0 <= row.metrics[metric] <= 1.0
+        assert blob_store.exists(f"models/{name}/v1/weights.pt")
+
+
+def test_a_dataset_without_labelled_frames_fails_with_what_to_do(surg_home: Path) -> None:
+    resources = build_resources(load_settings())
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [detector_dataset], instance=instance, resources=resources, raise_on_error=False
+        )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith("detector_dataset: no labelled frame")
+    assert "surg annotations import" in message
+    assert snapshots.versions(resources["blob_store"], "detector_dataset") == []
