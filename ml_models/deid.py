@@ -154,6 +154,6 @@ def residual_identifiers(
     if out_of_body is not None and prepared:
         scores = out_of_body.scores(np.stack(prepared), np.asarray(black), np.asarray(bars))
         for t, score, s in zip(times, scores, sharp, strict=True):
-            if score >= 0.5 and s > max_sharpness:
+            if score >= out_of_body.threshold and s > max_sharpness:
                 problems.append(f"an out-of-body frame at {t:.1f} s is not blurred")
     return problems

@@ -596,6 +596,7 @@ def sample_frames(
     max_queue: int = 32,
     start_s: float = 0.0,
     end_s: float | None = None,
+    every_frame: Callable[[av.VideoFrame], None] | None = None,
 ) -> Iterator[SampledFrame]:
     """Decode ``path`` in a background thread; yield about ``sample_fps`` frames per second.
 
@@ -603,7 +604,9 @@ def sample_frames(
     letting decoded frames pile up: memory stays flat however long the video is. ``start_s`` and
     ``end_s`` restrict decoding to a time range (a chunk of a long video): the decoder seeks to
     the keyframe before ``start_s``, and the sampling grid stays aligned to the video's start, so
-    chunks sample exactly the frames a whole pass would.
+    chunks sample exactly the frames a whole pass would. ``every_frame``, when given, is called
+    (in the decoding thread) with every decoded frame in range, sampled or not, for cheap
+    full-rate statistics; it has seen them all once the iterator is exhausted.
     """
     q: queue.Queue[SampledFrame | BaseException | None] = queue.Queue(maxsize=max_queue)
     stop = threading.Event()
@@ -624,6 +627,8 @@ def sample_frames(
                     t = float(frame.time or 0.0)
                     if end_s is not None and t >= end_s - 1e-6:
                         break
+                    if every_frame is not None and t + 1e-6 >= start_s:
+                        every_frame(frame)
                     if t + 1e-6 < next_t:
                         continue
                     # Whole-step jumps keep the grid aligned to the video's start.
