@@ -416,7 +416,7 @@ class LocalBlobStore(BlobStore):
         """Objects under ``prefix`` (temporary files and metadata sidecars excluded)."""
         root = Path(self.root)
         base = root / prefix.rstrip("/") if prefix else root
-        folder = base if base.is_dir() else base.parent
+        folder = base if base.is_dir() or not prefix else base.parent
         if not folder.exists():
             return []
         out: list[BlobInfo] = []

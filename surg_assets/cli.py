@@ -247,9 +247,10 @@ def _register_optional_commands() -> None:
     """Commands kept in their own modules: models, the lab, the web app."""
     import importlib.util
 
-    from surg_assets import cli_cognition, cli_models
+    from surg_assets import cli_cognition, cli_compliance, cli_models
 
     app.command("ask")(cli_cognition.ask_command)
+    app.add_typer(cli_compliance.compliance_app, name="compliance")
     app.add_typer(cli_models.train_app, name="train")
     app.add_typer(cli_models.models_app, name="models")
 
