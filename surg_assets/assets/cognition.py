@@ -22,6 +22,7 @@ from surg_assets.assets.perception import (
 )
 from surg_assets.intake import find_raw_key
 from surg_assets.partitions import cases
+from surg_assets.retries import CASE_STEP_RETRY_POLICY
 
 
 def analysis_key(case_id: str) -> str:
@@ -79,6 +80,7 @@ def _recorded_model_version(context: dg.AssetExecutionContext, asset: dg.AssetKe
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[instrument_tracks, phase_timeline, video_events],
     group_name="cognition",
     kinds={"json"},
@@ -168,6 +170,7 @@ def case_analysis(
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[case_analysis],
     group_name="cognition",
     kinds={"json", "html"},

@@ -13,6 +13,7 @@ from resources.blob_store import BlobStore
 from resources.catalog import Catalog
 from surg_assets.intake import find_raw_key, sha256_of
 from surg_assets.partitions import cases
+from surg_assets.retries import CASE_STEP_RETRY_POLICY
 from surg_assets.settings import video_limits_from_env
 
 
@@ -34,6 +35,7 @@ def _refuse(catalog: Catalog, case_id: str, reason: str) -> dg.Failure:
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     group_name="ingest",
     kinds={"video", "pyav"},
     description="The uploaded video of a case, probed with PyAV and checked against the limits.",
@@ -82,6 +84,7 @@ def raw_video(
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[raw_video],
     group_name="ingest",
     kinds={"video", "h264"},

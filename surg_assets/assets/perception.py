@@ -20,6 +20,7 @@ from surg_assets.assets.ingest import decode_gaps_key, processed_video_key, tran
 from surg_assets.models import approved_model
 from surg_assets.partitions import cases
 from surg_assets.placement import GPU_OP_TAGS, GPU_POOL
+from surg_assets.retries import CASE_STEP_RETRY_POLICY
 
 
 def metadata_key(case_id: str, name: str) -> str:
@@ -62,6 +63,7 @@ class DetectionConfig(dg.Config):
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[transcoded_video],
     group_name="perception",
     kinds={"pytorch", "parquet"},
@@ -130,6 +132,7 @@ class TrackingConfig(dg.Config):
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[instrument_detections],
     group_name="perception",
     kinds={"parquet"},
@@ -189,6 +192,7 @@ class PhaseConfig(dg.Config):
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[transcoded_video],
     group_name="perception",
     kinds={"pytorch", "parquet"},
@@ -264,6 +268,7 @@ class EventsConfig(dg.Config):
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[transcoded_video],
     group_name="perception",
     kinds={"pytorch", "parquet"},

@@ -10,6 +10,7 @@ from resources.blob_store import BlobStore
 from surg_assets.assets.ingest import processed_video_key
 from surg_assets.assets.perception import read_table, video_events
 from surg_assets.partitions import cases
+from surg_assets.retries import CASE_STEP_RETRY_POLICY
 
 
 def deidentified_video_key(case_id: str) -> str:
@@ -28,6 +29,7 @@ def case_events(blob_store: BlobStore, case_id: str) -> list[Event]:
 
 @dg.asset(
     partitions_def=cases,
+    retry_policy=CASE_STEP_RETRY_POLICY,
     deps=[video_events],
     group_name="privacy",
     kinds={"video", "h264"},
