@@ -9,7 +9,8 @@ time). The output is re-encoded like the normalised video, with no container met
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -157,3 +158,81 @@ def residual_identifiers(
             if score >= out_of_body.threshold and s > max_sharpness:
                 problems.append(f"an out-of-body frame at {t:.1f} s is not blurred")
     return problems
+
+
+@dataclass(frozen=True)
+class DeidQuality:
+    """How a de-identified video compares with the frame-level ground truth of the lab."""
+
+    frames: int
+    text_frames: int
+    text_frames_redacted: int
+    out_of_body_frames: int
+    out_of_body_frames_blurred: int
+    in_body_frames: int
+    in_body_frames_blurred: int
+
+    def as_dict(self) -> dict[str, int | float]:
+        """Counts plus the three rates the privacy issue asks for."""
+        return {
+            **asdict(self),
+            "text_frames_redacted_fraction": _fraction(self.text_frames_redacted, self.text_frames),
+            "out_of_body_frames_blurred_fraction": _fraction(
+                self.out_of_body_frames_blurred, self.out_of_body_frames
+            ),
+            "in_body_frames_blurred_fraction": _fraction(
+                self.in_body_frames_blurred, self.in_body_frames
+            ),
+        }
+
+
+def _fraction(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 1.0
+
+
+def deid_quality(
+    source: str | Path, deidentified: str | Path, truth: Iterable[dict], max_text_level: int = 40
+) -> DeidQuality:
+    """Measure a de-identified video against per-frame ground truth (the lab's format).
+
+    A frame counts as blurred when it is closer to :func:`obliterate` of the source frame than
+    to the source frame itself; a text box counts as redacted when no pixel of it (99th
+    percentile) is brighter than ``max_text_level``, i.e. no letter stroke survived.
+
+    Args:
+        source: The video that was de-identified (the normalised video), frame for frame.
+        deidentified: The de-identified copy.
+        truth: One dict per frame, in order, with ``segment`` (``surgery``, ``out_of_body``,
+            ``black``, ``colour_bars``) and ``text_boxes`` (``[{"box": [x1, y1, x2, y2]}]``).
+        max_text_level: Brightest grey level a redacted box may keep.
+
+    Returns:
+        The counts.
+    """
+    counts = dict.fromkeys(DeidQuality.__dataclass_fields__, 0)
+    with av.open(str(source)) as src, av.open(str(deidentified)) as out:
+        pairs = zip(src.decode(src.streams.video[0]), out.decode(out.streams.video[0]), strict=True)
+        for (before, after), frame_truth in zip(pairs, truth, strict=True):
+            b = before.to_ndarray(format="bgr24")
+            a = after.to_ndarray(format="bgr24")
+            counts["frames"] += 1
+            boxes = [t["box"] for t in frame_truth.get("text_boxes", [])]
+            if boxes:
+                counts["text_frames"] += 1
+                gray = cv2.cvtColor(a, cv2.COLOR_BGR2GRAY)
+                h, w = gray.shape
+                levels = [
+                    np.percentile(gray[max(0, y1) : min(h, y2), max(0, x1) : min(w, x2)], 99)
+                    for x1, y1, x2, y2 in boxes
+                    if min(w, x2) > max(0, x1) and min(h, y2) > max(0, y1)
+                ]
+                counts["text_frames_redacted"] += int(max(levels, default=0) <= max_text_level)
+            segment = frame_truth.get("segment")
+            if segment not in ("out_of_body", "surgery"):
+                continue
+            a16 = a.astype(np.int16)
+            blurred = np.abs(a16 - obliterate(b)).mean() < np.abs(a16 - b).mean()
+            kind = "out_of_body" if segment == "out_of_body" else "in_body"
+            counts[f"{kind}_frames"] += 1
+            counts[f"{kind}_frames_blurred"] += int(blurred)
+    return DeidQuality(**counts)
