@@ -26,6 +26,10 @@ from surg_web.security import SESSION_COOKIE, WebContext
 STATIC = Path(__file__).with_name("static")
 # Routes that answer without a session; every other /api route needs one (issue 7).
 PUBLIC_API = ("/api/health", "/api/auth/login")
+TOO_LARGE = "the request body is too large."
+# FastAPI's words (a Starlette HTTPException) when a body cannot be decoded at all, e.g. JSON
+# nested past Python's recursion limit.
+_UNPARSABLE_BODY = "There was an error parsing the body"
 
 
 def error_body(message: str) -> dict[str, str]:
@@ -45,7 +49,8 @@ class ApiGuard:
 
     * ``/api`` requests that carry neither a session cookie nor a bearer token get 401 before
       any parsing, so unauthenticated callers learn nothing (not even a 422 or 404).
-    * JSON bodies larger than ``max_json_kb`` are refused with 413 from ``Content-Length``.
+    * JSON bodies larger than ``max_json_kb`` are refused with 413: from ``Content-Length``
+      when it is sent, else by counting the bytes as they arrive (chunked transfer).
     * Security headers on every response; HSTS when the request came over TLS.
     """
 
@@ -74,8 +79,14 @@ class ApiGuard:
         if headers.get("content-type", "").startswith("application/json"):
             length = headers.get("content-length", "0")
             if length.isdigit() and int(length) > self.max_json:
-                await self._reply(scope, send, 413, "the request body is too large.")
+                await self._reply(scope, send, 413, TOO_LARGE)
                 return
+            if "content-length" not in headers:
+                body = await self._read_at_most(receive, self.max_json)
+                if body is None:
+                    await self._reply(scope, send, 413, TOO_LARGE)
+                    return
+                receive = _replay(body, receive)
         tls = scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
@@ -93,6 +104,23 @@ class ApiGuard:
 
         await self.app(scope, receive, send_with_headers)
 
+    @staticmethod
+    async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None as soon as it grows past ``limit`` bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
     async def _reply(self, scope: Scope, send: Send, status: int, message: str) -> None:
         response = JSONResponse(error_body(message), status_code=status)
         await response(scope, _empty_receive, send)
@@ -100,6 +128,21 @@ class ApiGuard:
 
 async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app a body already read, then the client's own messages
+    (the disconnect a streaming response listens for)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def create_app(
@@ -169,9 +212,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _starlette_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         # 404 for unknown paths, 405 for wrong methods: the same JSON shape as ours.
-        return JSONResponse(
-            error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-        )
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == _UNPARSABLE_BODY:
+            message = "the request body could not be read as JSON; send a plain JSON object."
+        return JSONResponse(error_body(message), status_code=exc.status_code, headers=exc.headers)
 
     for module in (auth, cases, uploads, models):
         for name in ("public", "router", "blob"):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from pydantic import Field
 
 from resources.accounts import Principal
+from surg_web.bodies import DB_INT_MAX, ApiBody
 from surg_web.security import (
     SESSION_COOKIE,
     audit,
@@ -23,14 +24,14 @@ public = APIRouter(prefix="/api", tags=["auth"])
 router = APIRouter(prefix="/api", tags=["auth"], dependencies=[Depends(current_user)])
 
 
-class LoginRequest(BaseModel):
+class LoginRequest(ApiBody):
     """User name and password."""
 
     name: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 
 
-class TokenRequest(BaseModel):
+class TokenRequest(ApiBody):
     """What a new API token is for."""
 
     label: str = Field(default="script", min_length=1, max_length=64)
@@ -126,7 +127,9 @@ def create_token(
 
 @router.delete("/tokens/{token_id}")
 def revoke_token(
-    token_id: int, request: Request, user: Principal = Depends(current_user)
+    request: Request,
+    user: Principal = Depends(current_user),
+    token_id: int = Path(ge=1, le=DB_INT_MAX),
 ) -> dict[str, Any]:
     """Revoke one of the caller's tokens."""
     if not ctx(request).accounts.revoke_token(user.id, token_id):

@@ -9,12 +9,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy.exc import IntegrityError
 
 from resources.accounts import Principal
 from resources.catalog import CASE_STATUSES, Annotation, Case, CaseShare
 from surg_web import perception
+from surg_web.bodies import ApiBody, DbCount, DbId, DbInt
 from surg_web.media import parse_range, stream_object
 from surg_web.security import (
     audit,
@@ -64,8 +65,8 @@ def list_cases(
     created_to: dt.date | None = None,
     instrument: str | None = Query(None, max_length=64, description="instrument used"),
     phase: str | None = Query(None, max_length=64, description="phase for the duration filter"),
-    min_phase_s: float | None = Query(None, ge=0),
-    max_phase_s: float | None = Query(None, ge=0),
+    min_phase_s: float | None = Query(None, ge=0, allow_inf_nan=False),
+    max_phase_s: float | None = Query(None, ge=0, allow_inf_nan=False),
     limit: int = Query(200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     """Cases the caller may see, newest first, with status, phase durations and instruments.
@@ -123,7 +124,7 @@ def get_case(case_id: CaseId, request: Request, user: User) -> dict[str, Any]:
     }
 
 
-class ShareRequest(BaseModel):
+class ShareRequest(ApiBody):
     """The user to share a case with."""
 
     user: str = Field(min_length=2, max_length=64)
@@ -184,8 +185,8 @@ def overlays(
     case_id: CaseId,
     request: Request,
     user: User,
-    from_s: float = Query(0.0, ge=0),
-    to_s: float = Query(60.0, ge=0),
+    from_s: float = Query(0.0, ge=0, allow_inf_nan=False),
+    to_s: float = Query(60.0, ge=0, allow_inf_nan=False),
 ) -> dict[str, Any]:
     """Boxes, masks and track ids between two times, with corrections applied (max 10 min)."""
     if to_s < from_s or to_s - from_s > 600:
@@ -226,7 +227,9 @@ def case_at(
     case_id: CaseId,
     request: Request,
     user: User,
-    t: Annotated[float, Query(ge=0, le=86_400, description="Seconds from the start.")],
+    t: Annotated[
+        float, Query(ge=0, le=86_400, allow_inf_nan=False, description="Seconds from the start.")
+    ],
 ) -> dict[str, Any]:
     """What happens at one moment: phase, visible instruments, ongoing events (from analysis)."""
     from ml_models.analysis import Analysis, state_at
@@ -241,23 +244,23 @@ def case_at(
 # -- corrections ---------------------------------------------------------------------------
 
 
-class BoxTarget(BaseModel):
+class BoxTarget(ApiBody):
     """The model box a correction changes: its frame and track (or class and position)."""
 
-    frame_index: int = Field(ge=0)
-    track_id: int | None = None
-    class_id: int | None = None
+    frame_index: DbCount
+    track_id: DbInt | None = None
+    class_id: DbInt | None = None
     box: list[float] | None = Field(None, min_length=4, max_length=4)
 
 
-class BoxCorrection(BaseModel):
+class BoxCorrection(ApiBody):
     """Add, move/resize/relabel (modify), or delete one box on one frame."""
 
     action: Literal["add", "modify", "delete"]
     box: list[float] | None = Field(None, min_length=4, max_length=4)
     class_id: int | None = Field(None, ge=0, le=1000)
     class_name: str | None = Field(None, min_length=1, max_length=64)
-    track_id: int | None = None
+    track_id: DbInt | None = None
     target: BoxTarget | None = None
 
     @model_validator(mode="after")
@@ -273,7 +276,7 @@ class BoxCorrection(BaseModel):
         return self
 
 
-class PhaseSegment(BaseModel):
+class PhaseSegment(ApiBody):
     """One segment of a corrected phase timeline."""
 
     phase_id: int | None = Field(None, ge=0, le=100)
@@ -282,7 +285,7 @@ class PhaseSegment(BaseModel):
     end_s: float = Field(ge=0)
 
 
-class PhaseCorrection(BaseModel):
+class PhaseCorrection(ApiBody):
     """The whole corrected timeline (a boundary dragged or a segment relabelled)."""
 
     segments: list[PhaseSegment] = Field(min_length=1, max_length=2000)
@@ -300,14 +303,14 @@ class PhaseCorrection(BaseModel):
         return segments
 
 
-class CorrectionRequest(BaseModel):
+class CorrectionRequest(ApiBody):
     """A reviewer's correction: a box on a frame, or the phase timeline."""
 
     kind: Literal["box", "phase"]
-    frame_index: int | None = Field(None, ge=0)
+    frame_index: DbCount | None = None
     t_s: float | None = Field(None, ge=0)
     payload: dict[str, Any]
-    supersedes_id: int | None = None
+    supersedes_id: DbId | None = None
 
     @model_validator(mode="after")
     def _valid_payload(self) -> CorrectionRequest:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field, model_validator
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from pydantic import Field, model_validator
 
 from resources.accounts import Principal
 from resources.catalog import ModelVersion
+from surg_web.bodies import DB_INT_MAX, ApiBody
 from surg_web.security import audit, ctx, current_user, iso, require_roles
 
 router = APIRouter(prefix="/api", tags=["models"], dependencies=[Depends(current_user)])
 Decider = Annotated[Principal, Depends(require_roles("data_scientist", "admin"))]
 
 
-class Decision(BaseModel):
+class Decision(ApiBody):
     """Approve or reject a version; a rejection says why."""
 
     decision: Literal["Approved", "Rejected"]
@@ -53,7 +54,12 @@ def list_models(request: Request, user: Decider) -> list[dict[str, Any]]:
 
 
 @router.post("/models/{model_id}/decision")
-def decide(model_id: int, body: Decision, request: Request, user: Decider) -> dict[str, Any]:
+def decide(
+    body: Decision,
+    request: Request,
+    user: Decider,
+    model_id: int = Path(ge=1, le=DB_INT_MAX),
+) -> dict[str, Any]:
     """Approve or reject a version (audited); the newest Approved one serves new cases."""
     c = ctx(request)
     with c.catalog.session() as s:

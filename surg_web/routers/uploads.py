@@ -9,13 +9,14 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.requests import ClientDisconnect
 
 from ml_models.errors import InputError
 from resources.accounts import Principal
 from resources.catalog import Upload
 from resources.uploads import UploadConflict, UploadService, UploadState
+from surg_web.bodies import DB_INT_MAX, ApiBody
 from surg_web.media import BLOCK, parse_range, stream_object
 from surg_web.security import audit, ctx, current_user, require_roles
 
@@ -27,25 +28,27 @@ Uploader = Annotated[Principal, Depends(require_roles("surgeon", "admin"))]
 _LIST_URLS_UP_TO = 1000
 
 
-class CreateUpload(BaseModel):
+class CreateUpload(ApiBody):
     """What the browser knows about the file; the name is used for its extension only."""
 
     name: str = Field(min_length=1, max_length=1024)
-    size: int = Field(gt=0)
+    size: int = Field(gt=0, le=DB_INT_MAX)
     type: str | None = Field(None, max_length=128)
     sha256: str | None = Field(None, min_length=64, max_length=64)
     procedure: str | None = Field(None, max_length=64)
-    part_size: int | None = Field(None, gt=0, description="the client's part size, if fixed")
+    part_size: int | None = Field(
+        None, gt=0, le=DB_INT_MAX, description="the client's part size, if fixed"
+    )
 
 
-class PartETag(BaseModel):
+class PartETag(ApiBody):
     """One part as the client kept it from the PUT response."""
 
-    part_number: int
+    part_number: int = Field(ge=1, le=10_000)
     etag: str = Field(max_length=128)
 
 
-class CompleteUpload(BaseModel):
+class CompleteUpload(ApiBody):
     """Every part and, optionally, the whole file's sha256."""
 
     parts: list[PartETag] = Field(min_length=1, max_length=10_000)
