@@ -98,12 +98,16 @@ def run_case(case_id: str, settings: Any, catalog: Any) -> Any:
     job = definitions.resolve_job_def("analyze_case")
     instance = dagster_instance(settings)
     with instance:
+        from surg_assets.recovery import release_orphaned_runs, run_owner_tags
+
+        release_orphaned_runs(instance)  # a killed earlier run must not hold the gpu pool
         instance.add_dynamic_partitions("cases", [case_id])
         catalog.set_status(case_id, "analysing")
         result = job.execute_in_process(
             partition_key=case_id,
             instance=instance,
             raise_on_error=False,
+            tags=run_owner_tags(),
             # Step-level progress, not Dagster's DEBUG event stream, on the terminal.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
