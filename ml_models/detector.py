@@ -69,6 +69,7 @@ def load_model(
 def onnx_graph(weights: Path, imgsz: int, cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of ``weights`` at ``imgsz`` (dynamic batch), made once and cached."""
     import hashlib
+    import os
     import shutil
     import tempfile
 
@@ -85,8 +86,10 @@ def onnx_graph(weights: Path, imgsz: int, cache_dir: str | Path | None = None) -
             format="onnx", imgsz=imgsz, dynamic=True, simplify=True, verbose=False
         )
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(exported, target.with_suffix(".part"))
-        target.with_suffix(".part").replace(target)  # atomic: readers never see half a graph
+        # One part file per process: chunk steps of one case may export at the same time.
+        part = target.with_suffix(f".{os.getpid()}.part")
+        shutil.move(exported, part)
+        part.replace(target)  # atomic: readers never see half a graph
     return target
 
 
@@ -227,6 +230,8 @@ class DetectionRun:
     seconds: float = 0.0
     batches: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
+    # Times of every sampled frame, detections or not: chunk merges count frames by them.
+    frame_times: list[float] = field(default_factory=list)
 
     @property
     def fps(self) -> float:
@@ -273,6 +278,7 @@ def detect_video(
         if rows:
             batches.extend(table_from_rows(DETECTIONS, rows).to_batches())
         run.frames += len(pending)
+        run.frame_times.extend(f.t_s for f in pending)
         run.detections += len(rows)
         run.batches += 1
         for r in rows:

@@ -15,6 +15,7 @@ from resources.experiments import experiment_tracker
 from resources.registry import ModelRegistry
 from resources.report_writers import report_writer_from_env
 from resources.settings import Settings, env_flag, env_float, env_int, load_settings
+from surg_assets.step_io import STEP_IO_MANAGER, BlobStepIOManager
 
 
 def video_limits_from_env() -> VideoLimits:
@@ -109,4 +110,7 @@ def build_resources(settings: Settings | None = None, deferred: bool = False) ->
         "registry": registry,
         "report_writer": report_writer_from_env(deferred),
         "wandb_resource": experiment_tracker(),
+        # Values between steps (detection chunks) go through the blob store, so steps on other
+        # machines (k8s_job_executor, ECS) can read them.
+        STEP_IO_MANAGER: BlobStepIOManager(blob_store=blob_store),
     }

@@ -2,10 +2,13 @@
 
 import json
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
 
+from ml_models.chunking import ChunkDetections, VideoChunk
 from ml_models.tables import (
     PHASE_PROBABILITIES,
     PHASES,
@@ -21,6 +24,7 @@ from surg_assets.models import approved_model
 from surg_assets.partitions import cases
 from surg_assets.placement import GPU_OP_TAGS, GPU_POOL
 from surg_assets.retries import CASE_STEP_RETRY_POLICY
+from surg_assets.step_io import STEP_IO_MANAGER, discard_step_outputs
 
 
 def metadata_key(case_id: str, name: str) -> str:
@@ -49,7 +53,7 @@ def preview(table: pa.Table, columns: list[str], rows: int = 8) -> dg.MetadataVa
 
 
 class DetectionConfig(dg.Config):
-    """How the detector runs over a case."""
+    """How the detector runs over a case, and how a long case is cut into chunks."""
 
     sample_fps: float = 5.0
     batch_size: int = 8
@@ -59,68 +63,190 @@ class DetectionConfig(dg.Config):
     # ONNX Runtime is about 2x faster than eager PyTorch on a CPU here with the same detections;
     # "torch" is the choice on a GPU (fp16).
     runtime: str = "onnx"
+    # Minutes of video per detection step (None: SURG_DETECTION_CHUNK_MINUTES, else 10; 0: the
+    # whole case in one step). A step-per-pod executor runs the chunks on as many GPU workers.
+    chunk_minutes: float | None = None
+    # Seconds each chunk also reads past its borders (detected twice, compared, kept once).
+    overlap_s: float = 2.0
 
 
-@dg.asset(
-    partitions_def=cases,
+def detection_chunk_seconds(config: DetectionConfig) -> float:
+    """Owned length of a detection chunk in seconds, from the config or the settings."""
+    from resources.settings import env_float
+
+    minutes = config.chunk_minutes
+    if minutes is None:
+        minutes = env_float("SURG_DETECTION_CHUNK_MINUTES", 10.0)
+    return 60.0 * minutes
+
+
+@dataclass(frozen=True)
+class DetectionWork:
+    """One chunk to detect, and the detector version every chunk of the case uses."""
+
+    chunk: VideoChunk
+    detector_version: str
+
+
+@dg.config_mapping
+def _detection_config(config: DetectionConfig) -> dict:
+    # Keeps the run config of the asset as it was before the fan-out:
+    # {"ops": {"instrument_detections": {"config": {...}}}}.
+    values = config.model_dump()
+    return {
+        "plan_detection_chunks": {"config": values},
+        "detect_instrument_chunk": {"config": values},
+    }
+
+
+@dg.op(
+    ins={"transcoded_video": dg.In(dg.Nothing)},
+    out=dg.DynamicOut(io_manager_key=STEP_IO_MANAGER),
     retry_policy=CASE_STEP_RETRY_POLICY,
-    deps=[transcoded_video],
-    group_name="perception",
-    kinds={"pytorch", "parquet"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
-    description="Instrument boxes, classes, confidences and instance polygons (YOLO segmentation).",
+    description="Cut the case into chunks of N minutes overlapping by a few seconds.",
 )
-def instrument_detections(
-    context: dg.AssetExecutionContext,
+def plan_detection_chunks(
+    context: dg.OpExecutionContext,
+    config: DetectionConfig,
+    catalog: Catalog,
+    registry: ModelRegistry,
+) -> Iterator[dg.DynamicOutput[DetectionWork]]:
+    """One dynamic output per chunk; the detector version is fixed here for the whole case."""
+    from ml_models.chunking import plan_chunks
+
+    case = catalog.get_case(context.partition_key)
+    version, _ = approved_model(registry, "instrument_detector")
+    chunks = plan_chunks(
+        case.duration_s if case else None, detection_chunk_seconds(config), config.overlap_s
+    )
+    context.log.info(
+        f"case {context.partition_key}: {len(chunks)} detection chunk(s), "
+        f"instrument_detector:{version.version}"
+    )
+    for chunk in chunks:
+        yield dg.DynamicOutput(DetectionWork(chunk, version.version), mapping_key=chunk.mapping_key)
+
+
+@dg.op(
+    out=dg.Out(io_manager_key=STEP_IO_MANAGER),
+    retry_policy=CASE_STEP_RETRY_POLICY,
+    pool=GPU_POOL,
+    tags=GPU_OP_TAGS,
+    description="Streaming, batched detection over one chunk of the normalised video.",
+)
+def detect_instrument_chunk(
+    context: dg.OpExecutionContext,
     config: DetectionConfig,
     blob_store: BlobStore,
     registry: ModelRegistry,
-) -> dg.MaterializeResult:
-    """Streaming, batched detection over the normalised video at ``sample_fps``."""
+    work: DetectionWork,
+) -> ChunkDetections:
+    """The detector over the chunk's read range (its own range plus the overlap)."""
     from ml_models.detector import detect_video, load_model, resolve_device
 
-    case_id = context.partition_key
-    version, weights = approved_model(registry, "instrument_detector")
+    case_id, chunk = context.partition_key, work.chunk
+    version = next(
+        v for v in registry.versions("instrument_detector") if v.version == work.detector_version
+    )
     runtime = "torch" if resolve_device(config.device).startswith("cuda") else config.runtime
     model = load_model(
-        weights, runtime, config.imgsz, cache_dir=f"{registry.cache_dir}/onnx/{version.version}"
+        registry.local_file(version),
+        runtime,
+        config.imgsz,
+        cache_dir=f"{registry.cache_dir}/onnx/{version.version}",
     )
-    model_version = f"instrument_detector:{version.version}"
     last = [0.0]
 
     def progress(run: object) -> None:
         if time.perf_counter() - last[0] > 10:
             last[0] = time.perf_counter()
-            context.log.info(f"case {case_id}: {run.frames} frames, {run.fps:.1f} frames/s")
+            context.log.info(
+                f"case {case_id} {chunk.mapping_key}: {run.frames} frames, {run.fps:.1f} frames/s"
+            )
 
     with blob_store.local_copy(processed_video_key(case_id)) as video:
         table, run = detect_video(
             model,
             video,
             case_id,
-            model_version,
+            f"instrument_detector:{version.version}",
             sample_fps=config.sample_fps,
             batch_size=config.batch_size,
             imgsz=config.imgsz,
             conf=config.confidence,
             device=config.device,
             progress=progress,
+            start_s=chunk.read_start_s,
+            end_s=chunk.read_end_s,
         )
+    return ChunkDetections(
+        chunk,
+        table,
+        run.frame_times,
+        run.seconds,
+        model_version=work.detector_version,
+        runtime=runtime,
+    )
+
+
+@dg.op(
+    retry_policy=CASE_STEP_RETRY_POLICY,
+    description="Merge the chunks (each sampled frame once) into detections.parquet.",
+)
+def merge_detection_chunks(
+    context: dg.OpExecutionContext,
+    config: DetectionConfig,
+    blob_store: BlobStore,
+    parts: list[ChunkDetections],
+) -> dg.Output[None]:
+    """Write the merged table atomically, then drop the run's intermediate chunk objects."""
+    from ml_models.chunking import merge_chunks
+
+    case_id = context.partition_key
+    merged = merge_chunks(parts)
+    table = merged.table
     key = write_table(blob_store, case_id, "detections.parquet", table)
-    return dg.MaterializeResult(
+    discard_step_outputs(blob_store, context.run_id, f"{context.node_handle.parent.name}.")
+    per_class: dict[str, int] = {}
+    for name in table.column("class_name").to_pylist():
+        per_class[name] = per_class.get(name, 0) + 1
+    seconds = sum(p.seconds for p in parts)
+    detector = {p.model_version for p in parts}
+    return dg.Output(
+        None,
         metadata={
             "key": key,
             "rows": table.num_rows,
-            "frames": run.frames,
-            "frames_per_second": round(run.fps, 2),
-            "seconds": round(run.seconds, 2),
-            "model_version": model_version,
-            "runtime": runtime,
-            "per_class": dg.MetadataValue.json(run.per_class),
+            "frames": merged.frames,
+            "frames_per_second": round(merged.frames / seconds, 2) if seconds else 0.0,
+            "seconds": round(seconds, 2),
+            "model_version": ", ".join(f"instrument_detector:{v}" for v in sorted(detector)),
+            "runtime": parts[0].runtime if parts else config.runtime,
+            "chunks": len(parts),
+            "chunk_minutes": round(detection_chunk_seconds(config) / 60.0, 3),
+            "overlap_frames": merged.overlap_frames,
+            "overlap_mismatches": merged.overlap_mismatches,
+            "per_class": dg.MetadataValue.json(per_class),
             "preview": preview(table, ["t_s", "class_name", "confidence", "x1", "y1", "x2", "y2"]),
-        }
+        },
     )
+
+
+@dg.graph_asset(
+    partitions_def=cases,
+    ins={"transcoded_video": dg.AssetIn(dagster_type=dg.Nothing)},
+    group_name="perception",
+    kinds={"pytorch", "parquet"},
+    config=_detection_config,
+    description=(
+        "Instrument boxes, classes, confidences and instance polygons (YOLO segmentation), "
+        "detected in chunks of N minutes fanned out over GPU workers and merged."
+    ),
+)
+def instrument_detections(transcoded_video: None) -> None:
+    """Plan chunks, detect each (a dynamic map), merge into detections.parquet."""
+    parts = plan_detection_chunks(transcoded_video=transcoded_video).map(detect_instrument_chunk)
+    return merge_detection_chunks(parts.collect())
 
 
 class TrackingConfig(dg.Config):

@@ -14,7 +14,11 @@ from surg_assets.settings import build_resources
 
 
 def test_every_case_asset_carries_the_one_retry_policy() -> None:
-    policies = {a.key.to_user_string(): a.op.retry_policy for a in CASE_ASSETS}
+    policies = {
+        f"{a.key.to_user_string()}/{op.name}": op.retry_policy
+        for a in CASE_ASSETS
+        for op in a.node_def.iterate_op_defs()  # every op of a graph-backed asset too
+    }
     assert policies == dict.fromkeys(policies, CASE_STEP_RETRY_POLICY)
     assert CASE_STEP_RETRY_POLICY.max_retries >= 2
 

@@ -1,0 +1,153 @@
+"""Splitting one long video into time chunks for detection, and merging the chunks' detections.
+
+Each chunk owns a half-open time range ``[start_s, end_s)`` (the last one runs to the end of the
+video) and reads a few seconds more on each side (the overlap). Sampling keeps its grid aligned
+to the video's start (:func:`ml_models.video.sample_frames`), so a frame sampled in an overlap is
+the same frame in both neighbours; the merge keeps every frame from the one chunk that owns it,
+so each sampled frame appears once and the merged table equals a whole-video pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ml_models.errors import InputError
+from ml_models.tables import DETECTIONS
+
+# Frame times are rounded to 1e-4 s in the table; this keeps a frame on a border in one chunk.
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class VideoChunk:
+    """One time range of a video: the part it owns and the (overlapping) part it reads."""
+
+    index: int
+    start_s: float
+    end_s: float | None
+    read_start_s: float
+    read_end_s: float | None
+
+    @property
+    def mapping_key(self) -> str:
+        """A name for the chunk that sorts in time order (``chunk_0003``)."""
+        return f"chunk_{self.index:04d}"
+
+    def owns(self, t_s: float) -> bool:
+        """Whether a frame at ``t_s`` belongs to this chunk (and to no other)."""
+        return t_s + _EPS >= self.start_s and (self.end_s is None or t_s + _EPS < self.end_s)
+
+
+def plan_chunks(
+    duration_s: float | None, chunk_s: float, overlap_s: float = 2.0
+) -> list[VideoChunk]:
+    """Cut ``[0, duration_s)`` into chunks of ``chunk_s`` seconds overlapping by ``overlap_s``.
+
+    Args:
+        duration_s: Length of the video; ``None`` (unknown) gives one chunk for the whole video.
+        chunk_s: Owned length of each chunk; ``0`` or less means no chunking (one chunk).
+        overlap_s: Seconds each chunk also reads before its start and after its end.
+
+    Returns:
+        Chunks in time order; the last one is open-ended, so a video a little longer than its
+        recorded duration is still covered to the end.
+    """
+    if overlap_s < 0:
+        raise InputError(f"the chunk overlap must not be negative (got {overlap_s} s).")
+    if duration_s is None or chunk_s <= 0 or duration_s <= chunk_s:
+        return [VideoChunk(0, 0.0, None, 0.0, None)]
+    count = math.ceil(duration_s / chunk_s - _EPS)
+    chunks = []
+    for i in range(count):
+        start = i * chunk_s
+        end = None if i == count - 1 else (i + 1) * chunk_s
+        chunks.append(
+            VideoChunk(
+                index=i,
+                start_s=start,
+                end_s=end,
+                read_start_s=max(0.0, start - overlap_s),
+                read_end_s=None if end is None else end + overlap_s,
+            )
+        )
+    return chunks
+
+
+@dataclass
+class ChunkDetections:
+    """What detection produced on one chunk (its read range, overlap included)."""
+
+    chunk: VideoChunk
+    table: pa.Table
+    frame_times: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    model_version: str = ""
+    runtime: str = ""
+
+    @property
+    def owned_frames(self) -> int:
+        """Sampled frames of this chunk's own range (overlap frames belong to a neighbour)."""
+        return sum(self.chunk.owns(t) for t in self.frame_times)
+
+
+@dataclass(frozen=True)
+class MergedDetections:
+    """The merged table and what the merge found."""
+
+    table: pa.Table
+    frames: int
+    overlap_frames: int
+    overlap_mismatches: int
+
+
+def _owned_rows(part: ChunkDetections) -> pa.Table:
+    t = part.table.column("t_s")
+    keep = pc.greater_equal(pc.add(t, _EPS), part.chunk.start_s)
+    if part.chunk.end_s is not None:
+        keep = pc.and_(keep, pc.less(pc.add(t, _EPS), part.chunk.end_s))
+    return part.table.filter(keep)
+
+
+def _rows_by_frame(table: pa.Table, times: set[float]) -> dict[float, list[tuple]]:
+    rows: dict[float, list[tuple]] = {}
+    for r in table.select(["t_s", "class_id", "x1", "y1", "x2", "y2"]).to_pylist():
+        t = round(r["t_s"], 4)
+        if t in times:
+            box = tuple(round(r[k], 1) for k in ("x1", "y1", "x2", "y2"))
+            rows.setdefault(t, []).append((r["class_id"], *box))
+    return rows
+
+
+def _overlap_disagreements(left: ChunkDetections, right: ChunkDetections) -> tuple[int, int]:
+    """Frames both neighbours sampled, and how many of those they detected differently."""
+    shared = {round(t, 4) for t in left.frame_times} & {round(t, 4) for t in right.frame_times}
+    a, b = _rows_by_frame(left.table, shared), _rows_by_frame(right.table, shared)
+    return len(shared), sum(sorted(a.get(t, [])) != sorted(b.get(t, [])) for t in shared)
+
+
+def merge_chunks(parts: list[ChunkDetections]) -> MergedDetections:
+    """Merge chunks' detections in time order, each frame taken from the chunk that owns it.
+
+    Neighbours detect the overlap twice; comparing the two is a free consistency check (the same
+    weights on the same frame should agree; a mismatch points at a worker with other hardware or
+    precision), reported as ``overlap_mismatches``.
+    """
+    parts = sorted(parts, key=lambda p: p.chunk.index)
+    if [p.chunk.index for p in parts] != list(range(len(parts))):
+        raise ValueError("detection chunks are missing or repeated; re-run the case.")
+    tables = [_owned_rows(p).cast(DETECTIONS) for p in parts]
+    table = pa.concat_tables(tables) if tables else DETECTIONS.empty_table()
+    overlap = mismatches = 0
+    for left, right in zip(parts, parts[1:], strict=False):
+        shared, differ = _overlap_disagreements(left, right)
+        overlap, mismatches = overlap + shared, mismatches + differ
+    return MergedDetections(
+        table=table,
+        frames=sum(p.owned_frames for p in parts),
+        overlap_frames=overlap,
+        overlap_mismatches=mismatches,
+    )
