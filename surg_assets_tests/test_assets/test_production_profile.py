@@ -54,6 +54,8 @@ def test_analyze_case_on_postgres_s3_and_the_multiprocess_executor(
         "SURG_S3_KMS_KEY_ID": key_id,
         "SURG_CATALOG_URL": pg_database,
         "AWS_DEFAULT_REGION": "us-east-1",
+        # 24 s of video in chunks of 12 s: detection fans out over two steps (and processes).
+        "SURG_DETECTION_CHUNK_MINUTES": "0.2",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -93,6 +95,9 @@ def test_analyze_case_on_postgres_s3_and_the_multiprocess_executor(
         assert run.tags["dagster/partition"] == case_id
         steps = {e.step_key for e in result.all_events if e.is_step_success}
         assert {"raw_video", "instrument_tracks", "phase_timeline", "deidentified_video"} <= steps
+        assert {
+            f"instrument_detections.detect_instrument_chunk[chunk_000{i}]" for i in range(2)
+        } <= steps
         # Steps ran in their own processes.
         pids = {e.pid for e in result.all_events if e.is_step_start}
         assert len(pids) > 1 and os.getpid() not in pids
@@ -105,6 +110,8 @@ def test_analyze_case_on_postgres_s3_and_the_multiprocess_executor(
     }
     for name in ("detections.parquet", "tracks.parquet", "phases.parquet", "events.parquet"):
         assert f"hospital-a/processed-metadata/{case_id}/{name}" in keys
+    # The chunks handed from step to step through S3 are gone once merged.
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="hospital-a/tmp/")
     head = s3.head_object(Bucket=bucket, Key=f"hospital-a/processed-videos/{case_id}/video.mp4")
     assert head["ServerSideEncryption"] == "aws:kms"
     with create_engine(pg_database).connect() as conn:
