@@ -150,17 +150,28 @@ class TextPersistence:
     Tissue texture and specular highlights also give strong edges, but they move with the camera;
     an overlay stays in the same pixels, so a map of text-like pixels averaged over a window of
     frames keeps the overlay and loses the scene.
+
+    Every kernel and limit is in pixels of an *analysis level*, not of the video: the frame is
+    looked at whole and halved again while the half keeps at least ``min_level_height`` lines
+    (854x480 at 854x480 and 427x240; 1920x1080 at 1080, 540 and 270 lines). A line of text 6 to
+    about 30 pixels tall at some level is found there, so the same detector finds a recorder's
+    overlay at 240p, 480p or 1080p whatever its font size, and boxes found at several levels are
+    merged in video pixels.
     """
 
-    def __init__(self, window: int = 8, persistence: float = 0.7) -> None:
+    def __init__(
+        self, window: int = 8, persistence: float = 0.7, min_level_height: int = 200
+    ) -> None:
         self.window = window
         self.persistence = persistence
-        self.maps: list[np.ndarray] = []
+        self.min_level_height = min_level_height
+        self.maps: list[list[np.ndarray]] = []  # per level, the last ``window`` text-like maps
+        self._shape: tuple[int, int] | None = None
 
     @staticmethod
     def strokes(bgr: np.ndarray) -> np.ndarray:
         """Binary map of thin high-contrast strokes (letters' outlines among them)."""
-        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        gray = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         grad = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
         return (grad > 90).astype(np.uint8)
 
@@ -169,18 +180,86 @@ class TextPersistence:
         """Strokes joined into words and lines."""
         return cv2.morphologyEx(strokes, cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8))
 
+    @staticmethod
+    def letters(gray: np.ndarray, box: tuple[int, int, int, int]) -> int:
+        """How many separate glyph-sized marks of ink the box holds, in either polarity.
+
+        Ink is what stands out from the local background by more than 60 grey levels (white
+        top-hat for light letters, black-hat for dark ones, with a kernel as tall as the line),
+        so outlined letters whose edges touch still count one by one. A mark counts when it is
+        at least 3 pixels and an eighth of the box tall (not a speck) and at most one and a half
+        box heights wide (a letter, or a short word whose small letters run together; not an
+        edge). The box may hold several lines, so its height is only an upper bound on a
+        letter's.
+        """
+        x1, y1, x2, y2 = box
+        h = y2 - y1
+        pad = max(2, h // 2)
+        ry1, rx1 = max(0, y1 - pad), max(0, x1 - pad)
+        roi = gray[ry1 : y2 + pad, rx1 : x2 + pad]
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (h | 1, h | 1))
+        best = 0
+        for op in (cv2.MORPH_TOPHAT, cv2.MORPH_BLACKHAT):
+            ink = (cv2.morphologyEx(roi, op, k) > 60).astype(np.uint8)
+            ink = ink[y1 - ry1 : y2 - ry1, x1 - rx1 : x2 - rx1]
+            n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+            marks = stats[1:][
+                (stats[1:, cv2.CC_STAT_HEIGHT] >= max(3, h // 8))
+                & (stats[1:, cv2.CC_STAT_WIDTH] <= 1.5 * h)
+            ]
+            if len(marks) < 3:
+                continue
+            # Letters sit on a shared baseline; specular glints and vessels do not line up.
+            bottoms = marks[:, cv2.CC_STAT_TOP] + marks[:, cv2.CC_STAT_HEIGHT]
+            tol = max(1.0, 0.15 * float(np.median(marks[:, cv2.CC_STAT_HEIGHT])))
+            peers = (np.abs(bottoms[:, None] - bottoms[None, :]) <= tol).sum(axis=1) - 1
+            best = max(best, int((peers >= 2).sum()))
+        return best
+
+    def _levels(self, shape: tuple[int, int]) -> list[float]:
+        h = shape[0]
+        scales = [1.0]
+        while h * scales[0] < 2 * self.min_level_height:  # small video: small letters, look closer
+            scales.insert(0, scales[0] * 2)
+        while h * scales[-1] / 2 >= self.min_level_height:
+            scales.append(scales[-1] / 2)
+        return scales
+
     def update(self, bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Add a frame; return the text boxes (x1, y1, x2, y2) persistent over the window."""
-        strokes = self.strokes(bgr)
-        self.maps.append(self.text_like(strokes))
-        if len(self.maps) > self.window:
-            self.maps.pop(0)
-        if len(self.maps) < min(3, self.window):
-            return []
-        persistent = (np.mean(self.maps, axis=0) >= self.persistence).astype(np.uint8)
+        h, w = bgr.shape[:2]
+        if self._shape != (h, w):  # first frame, or the size changed: start again
+            self._shape = (h, w)
+            self._scales = self._levels((h, w))
+            self.maps = [[] for _ in self._scales]
+        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        boxes: list[tuple[int, int, int, int]] = []
+        for scale, maps in zip(self._scales, self.maps, strict=True):
+            level = gray
+            if scale != 1.0:
+                size = (max(1, round(w * scale)), max(1, round(h * scale)))
+                interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+                level = cv2.resize(gray, size, interpolation=interpolation)
+            maps.append(self.text_like(self.strokes(level)))
+            if len(maps) > self.window:
+                maps.pop(0)
+            if len(maps) < min(3, self.window):
+                continue
+            fx, fy = w / level.shape[1], h / level.shape[0]
+            for x1, y1, x2, y2 in self._level_boxes(level, maps):
+                boxes.append(
+                    (int(x1 * fx), int(y1 * fy), int(np.ceil(x2 * fx)), int(np.ceil(y2 * fy)))
+                )
+        return _merge_boxes(boxes)
+
+    def _level_boxes(
+        self, gray: np.ndarray, maps: list[np.ndarray]
+    ) -> list[tuple[int, int, int, int]]:
+        """Text boxes of one analysis level, in that level's pixels."""
+        persistent = (np.mean(maps, axis=0) >= self.persistence).astype(np.uint8)
         persistent = cv2.dilate(persistent, np.ones((3, 7), np.uint8))
         n, _, stats, _ = cv2.connectedComponentsWithStats(persistent, connectivity=8)
-        h, w = bgr.shape[:2]
+        h, w = gray.shape[:2]
         boxes = []
         for i in range(1, n):
             x, y, bw, bh, area = stats[i]
@@ -190,11 +269,30 @@ class TextPersistence:
             if area < 0.3 * bw * bh:  # arcs (the endoscope's circular border) are sparse boxes
                 continue
             # Text is many separate letters; a still instrument edge or highlight is a few blobs.
-            letters = cv2.connectedComponents(strokes[y : y + bh, x : x + bw], connectivity=8)[0]
-            if letters - 1 < max(4, bw // (2 * bh)):
+            box = (int(x), int(y), int(x + bw), int(y + bh))
+            if self.letters(gray, box) < max(4, bw // (2 * bh)):
                 continue
-            boxes.append((int(x), int(y), int(x + bw), int(y + bh)))
+            boxes.append(box)
         return boxes
+
+
+def _merge_boxes(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Union boxes that overlap (the same line seen at two levels) until none do."""
+    merged = sorted(boxes)
+    changed = True
+    while changed:
+        changed = False
+        out: list[tuple[int, int, int, int]] = []
+        for b in merged:
+            for j, o in enumerate(out):
+                if b[0] <= o[2] and o[0] <= b[2] and b[1] <= o[3] and o[1] <= b[3]:
+                    out[j] = (min(b[0], o[0]), min(b[1], o[1]), max(b[2], o[2]), max(b[3], o[3]))
+                    changed = True
+                    break
+            else:
+                out.append(b)
+        merged = out
+    return merged
 
 
 def _intervals(
@@ -334,25 +432,69 @@ def scan_video(
 def _text_events(
     hits: list[tuple[float, list[tuple[int, int, int, int]]]], step: float, window: int
 ) -> list[Event]:
-    """Text boxes over time -> one event per stretch of frames showing text, boxes in detail.
+    """Text boxes over time -> one event per overlay and stretch of frames showing it.
 
-    The persistence window makes text visible only after ``window`` frames; the interval is
-    extended back by that much so redaction starts on the overlay's first frame.
+    Boxes are grouped by place first (boxes that touch, within half a line's height, are one
+    overlay), so a second overlay elsewhere, or a stray detection over tissue, gets its own box
+    instead of stretching one union box across the picture. The persistence window makes text
+    visible only after ``window`` frames; each interval is extended back by that much so
+    redaction starts on the overlay's first frame.
     """
     times = np.asarray([t for t, _ in hits])
-    flags = np.asarray([1.0 if boxes else 0.0 for _, boxes in hits])
+    placed = [(i, b) for i, (_, boxes) in enumerate(hits) for b in boxes]
+    groups = _touching_groups([b for _, b in placed])
     events = []
-    for ev in _intervals("burned_in_text", times, flags, step):
-        inside = [b for t, boxes in hits if ev.start_s <= t < ev.end_s for b in boxes]
-        union = [
-            min(b[0] for b in inside), min(b[1] for b in inside),
-            max(b[2] for b in inside), max(b[3] for b in inside),
-        ]  # fmt: skip
-        start = max(0.0, ev.start_s - window * step)
-        events.append(
-            Event("burned_in_text", start, ev.end_s, ev.score, json.dumps({"box": union}))
-        )
+    for members in groups:
+        frames: dict[int, list[tuple[int, int, int, int]]] = {}
+        for k in members:
+            i, b = placed[k]
+            frames.setdefault(i, []).append(b)
+        flags = np.asarray([1.0 if i in frames else 0.0 for i in range(len(hits))])
+        for ev in _intervals("burned_in_text", times, flags, step):
+            inside = [
+                b for i, boxes in frames.items() if ev.start_s <= times[i] < ev.end_s for b in boxes
+            ]
+            union = [
+                min(b[0] for b in inside), min(b[1] for b in inside),
+                max(b[2] for b in inside), max(b[3] for b in inside),
+            ]  # fmt: skip
+            start = max(0.0, ev.start_s - window * step)
+            events.append(
+                Event("burned_in_text", start, ev.end_s, ev.score, json.dumps({"box": union}))
+            )
+    events.sort(key=lambda e: e.start_s)
     return events
+
+
+def _touching_groups(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
+    """Indices of ``boxes`` grouped so that boxes closer than half a line's height share a group.
+
+    A fixed overlay gives the same few boxes frame after frame, so the distinct boxes are
+    compared (not every pair of detections).
+    """
+    unique = sorted(set(boxes))
+    parent = list(range(len(unique)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, p in enumerate(unique):
+        for b in range(a + 1, len(unique)):
+            q = unique[b]
+            gap = min(p[3] - p[1], q[3] - q[1]) / 2
+            if (
+                p[0] - gap <= q[2] and q[0] - gap <= p[2]
+                and p[1] - gap <= q[3] and q[1] - gap <= p[3]
+            ):  # fmt: skip
+                parent[root(a)] = root(b)
+    index = {b: n for n, b in enumerate(unique)}
+    groups: dict[int, list[int]] = {}
+    for k, b in enumerate(boxes):
+        groups.setdefault(root(index[b]), []).append(k)
+    return list(groups.values())
 
 
 def decode_gap_events(gaps: Iterable[dict]) -> list[Event]:
