@@ -104,3 +104,43 @@ def test_text_over_a_real_moving_clip_is_boxed_at_1080p(real_clip: Path) -> None
     x1, y1, x2, y2 = text
     assert min(b[0] for b in boxes) <= x1 + 6 and max(b[2] for b in boxes) >= x2 - 6
     assert all(b[3] <= y2 + (y2 - y1) for b in boxes)
+
+
+def _overlay_video(path: Path, size: tuple[int, int], seconds: int = 8) -> tuple[int, ...]:
+    """Real frames (a new one every half second) under a fixed overlay, as an H.264 file."""
+    import av
+
+    frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in _real_frames(2 * seconds)]
+    text = ()
+    with av.open(str(path), "w", format="mp4") as out:
+        st = out.add_stream("libx264", rate=10)
+        st.width, st.height, st.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(10 * seconds):
+            img = frames[i // 5].copy()
+            text = _draw(img, "bottom-left", 0.6, True)
+            for packet in st.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in st.encode():
+            out.mux(packet)
+    return text
+
+
+def test_the_blocking_check_sees_text_left_behind_at_854x480(tmp_path: Path) -> None:
+    """Redacting with the detector's own plan leaves nothing; half a redaction is caught."""
+    from ml_models.deid import Redaction, deidentify, plan_redaction, residual_identifiers
+    from ml_models.events import scan_video
+
+    src = tmp_path / "overlay.mp4"
+    x1, y1, x2, y2 = _overlay_video(src, (854, 480))
+    assert residual_identifiers(src, None), "the check must see the overlay on the input"
+    plan = plan_redaction(scan_video(src, None).events)
+    assert plan.boxes
+    full = tmp_path / "deid.mp4"
+    deidentify(src, full, plan)
+    assert residual_identifiers(full, None) == []
+    # Only the left half of the overlay blacked out: the rest must fail the check.
+    half = Redaction([], [(0.0, 60.0, (x1 - 6, y1 - 6, (x1 + x2) // 2, y2 + 6))])
+    partial = tmp_path / "partial.mp4"
+    deidentify(src, partial, half)
+    problems = residual_identifiers(partial, None)
+    assert problems and "burned-in text survives" in problems[0]
