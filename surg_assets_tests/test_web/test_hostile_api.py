@@ -65,12 +65,19 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_spec(
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "surg_assets_tests.test_web.schemathesis_hooks",
-        "SURG_ST_CASE_ID": CASE_ID,
-        "SURG_ST_UPLOAD_ID": upload["upload_id"],
         "SURG_ST_TOKEN_ID": str(admin_token["id"]),
         "PYTHONPATH": str(REPO),
         "NO_COLOR": "1",
     }
+    # Half the generated ids name the analysed case and the open upload, in every phase, so
+    # handlers run past their 404 (schemathesis' dictionaries, read from schemathesis.toml).
+    (tmp_path / "schemathesis.toml").write_text(
+        f'[dictionaries.cases]\nvalues = ["{CASE_ID}"]\n'
+        f'[dictionaries.uploads]\nvalues = ["{upload["upload_id"]}"]\n'
+        "[parameters]\n"
+        '"path.case_id" = { dictionary = "cases", probability = 0.5 }\n'
+        '"path.upload_id" = { dictionary = "uploads", probability = 0.5 }\n'
+    )
     junit = tmp_path / "schemathesis.xml"
     run = subprocess.run(
         [
