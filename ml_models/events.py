@@ -152,11 +152,12 @@ class TextPersistence:
     frames keeps the overlay and loses the scene.
 
     Every kernel and limit is in pixels of an *analysis level*, not of the video: the frame is
-    looked at whole and halved again while the half keeps at least ``min_level_height`` lines
-    (854x480 at 854x480 and 427x240; 1920x1080 at 1080, 540 and 270 lines). A line of text 6 to
-    about 30 pixels tall at some level is found there, so the same detector finds a recorder's
-    overlay at 240p, 480p or 1080p whatever its font size, and boxes found at several levels are
-    merged in video pixels.
+    looked at whole and halved again while the half keeps at least ``min_level_height`` lines,
+    and a video under twice that is also looked at doubled (480 lines: 480 and 240; 1080: 1080,
+    540 and 270; 240: 480 and 240), because its letters are only a few pixels tall. A line of
+    text 6 to about 30 pixels tall at some level is found there, so the same detector finds a
+    recorder's overlay at 240p, 480p or 1080p whatever its font size, and boxes found at several
+    levels are merged in video pixels.
     """
 
     def __init__(
