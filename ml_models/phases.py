@@ -101,6 +101,7 @@ class PhaseModel:
                 "encoder": self.encoder.state_dict(),
                 "temporal": self.temporal.state_dict(),
                 "stages": len(self.temporal.stages),
+                "layers": len(self.temporal.stages[0].blocks),
             },
             path,
         )
@@ -118,7 +119,9 @@ class PhaseModel:
         n = len(blob["phases"])
         encoder = FrameCNN(n, blob["feature_dim"])
         encoder.load_state_dict(blob["encoder"])
-        temporal = CausalMSTCN(blob["feature_dim"], n, stages=blob["stages"])
+        temporal = CausalMSTCN(
+            blob["feature_dim"], n, stages=blob["stages"], layers=blob.get("layers", 8)
+        )
         temporal.load_state_dict(blob["temporal"])
         encoder.eval()
         temporal.eval()
@@ -148,6 +151,8 @@ def train_phase_model(
     temporal_epochs: int = 60,
     seed: int = 0,
     log: Any = None,
+    encoder_frames: int | None = None,
+    layers: int = 8,
 ) -> PhaseModel:
     """Train both stages.
 
@@ -159,18 +164,26 @@ def train_phase_model(
         temporal_epochs: Epochs of the TCN over whole videos.
         seed: Seed.
         log: Optional callable receiving progress strings.
+        encoder_frames: Train the frame encoder on at most this many frames, drawn evenly from
+            every video (neighbouring seconds look alike, so a subset teaches almost as much).
+            The temporal model always sees every second.
+        layers: Dilated layers per TCN stage; the receptive field is about ``2**(layers+1)``
+            seconds, which must span a long phase (Cholec80 medians reach 16 minutes).
     """
     torch.manual_seed(seed)
     n = len(phases)
     all_images = np.concatenate([v[0] for v in videos])
     all_labels = np.concatenate([v[1] for v in videos]).astype(np.int64)
+    if encoder_frames is not None and len(all_labels) > encoder_frames:
+        keep = np.linspace(0, len(all_labels) - 1, encoder_frames).round().astype(int)
+        all_images, all_labels = all_images[keep], all_labels[keep]
     encoder = FrameCNN(n)
     started = time.perf_counter()
     train_classifier(encoder, all_images, all_labels, epochs=encoder_epochs, seed=seed)
     if log:
         log(f"frame encoder trained in {time.perf_counter() - started:.0f} s")
     feats = [embed_images(encoder, imgs) for imgs, _ in videos]
-    temporal = CausalMSTCN(encoder.feature_dim, n)
+    temporal = CausalMSTCN(encoder.feature_dim, n, layers=layers)
     opt = torch.optim.AdamW(temporal.parameters(), lr=3e-3, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     temporal.train()
@@ -186,7 +199,7 @@ def train_phase_model(
             loss.backward()
             opt.step()
         if log and (epoch + 1) % 20 == 0:
-            log(f"temporal model epoch {epoch + 1}/{temporal_epochs}: loss {float(loss):.3f}")
+            log(f"temporal model epoch {epoch + 1}/{temporal_epochs}: loss {loss.item():.3f}")
     temporal.eval()
     encoder.eval()
     return PhaseModel(encoder, temporal, list(phases))

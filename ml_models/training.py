@@ -169,15 +169,69 @@ def train_out_of_body(
     return out, {"train_accuracy": acc, "frames": float(len(labels))}
 
 
+def render_phase_cases(
+    seeds: list[int],
+    minutes: list[float],
+    size: tuple[int, int] = (854, 480),
+    fps: int = 25,
+    log: Log | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Render synthetic cases straight at 1 fps for the phase model: (prepared frames, phase ids).
+
+    The phase model sees one frame per second, so rendering and encoding the other frames of
+    each second would be wasted work (about 25x); that is what makes dozens of full-length
+    cases affordable on a CPU. Each frame goes through a lossy JPEG round trip because the
+    pipeline itself sees H.264-decoded frames.
+    """
+    import cv2
+
+    from ml_models.synthetic.render import SyntheticCase
+
+    out = []
+    for seed, mins in zip(seeds, minutes, strict=True):
+        started = time.perf_counter()
+        case = SyntheticCase(mins * 60, seed, size, fps)
+        images, labels = [], []
+        for frame in range(0, case.n_frames, fps):
+            img, truth = case.render(frame)
+            ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60])
+            images.append(prepare(cv2.imdecode(jpeg, cv2.IMREAD_COLOR) if ok else img))
+            labels.append(truth.phase_id)
+        out.append((np.stack(images), np.asarray(labels, np.int64)))
+        if log:
+            took = time.perf_counter() - started
+            log(f"phase case seed {seed}: {mins:.1f} min at 1 fps rendered in {took:.0f} s")
+    return out
+
+
 def train_phases(
-    cases: list[CaseFrames], out: Path, encoder_epochs: int = 6, temporal_epochs: int = 60
+    cases: list[CaseFrames] | list[tuple[np.ndarray, np.ndarray]],
+    out: Path,
+    encoder_epochs: int = 6,
+    temporal_epochs: int = 60,
+    encoder_frames: int | None = None,
+    layers: int = 8,
+    log: Log | None = None,
 ) -> tuple[Path, dict[str, float]]:
-    """Train the two-stage phase model on whole synthetic cases."""
+    """Train the two-stage phase model on whole synthetic cases.
+
+    ``cases`` are decoded synthetic cases, or ``(frames, phase ids)`` pairs from
+    :func:`render_phase_cases`.
+    """
     from ml_models.phases import train_phase_model
 
-    videos = [(c.images, phase_labels_at(c.case_dir, c.times)) for c in cases]
+    videos = [
+        (c.images, phase_labels_at(c.case_dir, c.times)) if isinstance(c, CaseFrames) else c
+        for c in cases
+    ]
     model = train_phase_model(
-        videos, list(PHASES), encoder_epochs=encoder_epochs, temporal_epochs=temporal_epochs
+        videos,
+        list(PHASES),
+        encoder_epochs=encoder_epochs,
+        temporal_epochs=temporal_epochs,
+        encoder_frames=encoder_frames,
+        layers=layers,
+        log=log,
     )
     acc = float(
         np.mean(
@@ -190,6 +244,20 @@ def train_phases(
     return out, {"train_frame_accuracy": acc, "videos": float(len(videos))}
 
 
+# The phase model's corpus: full-length cases, long and short, none of them a held-out seed
+# (2001+ are kept for evaluation). Lengths are log-uniform so every phase is seen both brief
+# and long, as in real recordings (Cholec80: 15 to 90 minutes).
+DEFAULT_MODEL_NAMES = ("out_of_body_model", "phase_model", "instrument_detector")
+PHASE_CORPUS_SEEDS = tuple(range(3001, 3025))
+PHASE_CORPUS_MINUTES = (2.0, 40.0)
+
+
+def phase_corpus_minutes(seeds: tuple[int, ...] = PHASE_CORPUS_SEEDS) -> list[float]:
+    """The length of each phase-corpus case, fixed by its seed."""
+    lo, hi = (np.log(m) for m in PHASE_CORPUS_MINUTES)
+    return [float(np.exp(np.random.default_rng([s, 9]).uniform(lo, hi))) for s in seeds]
+
+
 def train_default_models(
     work_dir: str | Path,
     out_dir: str | Path,
@@ -198,11 +266,14 @@ def train_default_models(
     detector_epochs: int = 8,
     imgsz: int = 320,
     log: Log | None = None,
+    only: tuple[str, ...] = (),
 ) -> DefaultModels:
     """The reproducible recipe for the shipped default models (synthetic data only).
 
-    The last seed's case is held out for validation of the detector; the phase and out-of-body
-    models train on the others.
+    The last seed's case is held out for validation of the detector; the out-of-body model
+    trains on the others. The phase model trains on its own corpus of full-length cases
+    rendered at 1 fps (:data:`PHASE_CORPUS_SEEDS`). ``only`` names the models to retrain
+    (default: all of :data:`DEFAULT_MODEL_NAMES`).
 
     Returns:
         Weights files in ``out_dir`` (``instrument_detector.pt``, ``phase_model.pt``,
@@ -214,32 +285,46 @@ def train_default_models(
     work, out = Path(work_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = DefaultModels()
-    started = time.perf_counter()
-    cases = synthetic_corpus(work / "synthetic", list(seeds), minutes, log=log)
-    result.seconds["synthetic"] = time.perf_counter() - started
+    wanted = set(only) if only else set(DEFAULT_MODEL_NAMES)
+    cases: list[Path] = []
+    if wanted & {"out_of_body_model", "instrument_detector"}:
+        started = time.perf_counter()
+        cases = synthetic_corpus(work / "synthetic", list(seeds), minutes, log=log)
+        result.seconds["synthetic"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    sampled = sample_cases(cases[:-1])
-    path, metrics = train_out_of_body(sampled, out / "out_of_body_model.pt")
-    result.files["out_of_body_model"], result.metrics["out_of_body_model"] = path, metrics
-    result.seconds["out_of_body_model"] = time.perf_counter() - started
-    log(f"out-of-body classifier: {metrics}")
+    if "out_of_body_model" in wanted:
+        started = time.perf_counter()
+        sampled = sample_cases(cases[:-1])
+        path, metrics = train_out_of_body(sampled, out / "out_of_body_model.pt")
+        result.files["out_of_body_model"], result.metrics["out_of_body_model"] = path, metrics
+        result.seconds["out_of_body_model"] = time.perf_counter() - started
+        log(f"out-of-body classifier: {metrics}")
 
-    started = time.perf_counter()
-    path, metrics = train_phases(sampled, out / "phase_model.pt")
-    result.files["phase_model"], result.metrics["phase_model"] = path, metrics
-    result.seconds["phase_model"] = time.perf_counter() - started
-    log(f"phase model: {metrics}")
+    if "phase_model" in wanted:
+        started = time.perf_counter()
+        phase_cases = render_phase_cases(list(PHASE_CORPUS_SEEDS), phase_corpus_minutes(), log=log)
+        path, metrics = train_phases(
+            phase_cases,
+            out / "phase_model.pt",
+            encoder_frames=9000,
+            layers=10,
+            temporal_epochs=80,
+            log=log,
+        )
+        result.files["phase_model"], result.metrics["phase_model"] = path, metrics
+        result.seconds["phase_model"] = time.perf_counter() - started
+        log(f"phase model: {metrics}")
 
-    started = time.perf_counter()
-    data = detector_dataset(cases, work / "detector-dataset", val_cases=1)
-    trained = train_detector(data, work / "detector-runs", epochs=detector_epochs, imgsz=imgsz)
-    shutil.copyfile(trained.weights, out / "instrument_detector.pt")
-    metrics = evaluate_detector(out / "instrument_detector.pt", data, imgsz=imgsz)
-    result.files["instrument_detector"] = out / "instrument_detector.pt"
-    result.metrics["instrument_detector"] = metrics
-    result.seconds["instrument_detector"] = time.perf_counter() - started
-    log(f"instrument detector: {metrics}")
+    if "instrument_detector" in wanted:
+        started = time.perf_counter()
+        data = detector_dataset(cases, work / "detector-dataset", val_cases=1)
+        trained = train_detector(data, work / "detector-runs", epochs=detector_epochs, imgsz=imgsz)
+        shutil.copyfile(trained.weights, out / "instrument_detector.pt")
+        metrics = evaluate_detector(out / "instrument_detector.pt", data, imgsz=imgsz)
+        result.files["instrument_detector"] = out / "instrument_detector.pt"
+        result.metrics["instrument_detector"] = metrics
+        result.seconds["instrument_detector"] = time.perf_counter() - started
+        log(f"instrument detector: {metrics}")
     return result
 
 

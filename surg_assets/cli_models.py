@@ -265,6 +265,15 @@ def models_lineage(
     out.print(table)
 
 
+_SYNTHETIC_CASES = "synthetic cases, seeds 1001-1004 (3 min each; 1004 held out for the detector)"
+_DEFAULT_DATA = {
+    "out_of_body_model": _SYNTHETIC_CASES,
+    "instrument_detector": _SYNTHETIC_CASES,
+    "phase_model": "24 full-length synthetic cases rendered at 1 fps, seeds 3001-3024, "
+    "2-40 min each (log-uniform)",
+}
+
+
 @models_app.command("train-defaults")
 def models_train_defaults(
     out_dir: Path = typer.Option(
@@ -273,9 +282,17 @@ def models_train_defaults(
         help="Where the default weights go.",
     ),
     epochs: int = typer.Option(10, help="Detector epochs."),
+    only: list[str] = typer.Option(
+        [], "--only", help="Retrain only these models (repeat); the others' cards are kept."
+    ),
 ) -> None:
     """Train the shipped default models from synthetic data only (what `make models` runs)."""
-    from ml_models.training import train_default_models
+    from ml_models.training import DEFAULT_MODEL_NAMES, train_default_models
+
+    unknown = sorted(set(only) - set(DEFAULT_MODEL_NAMES))
+    if unknown:
+        names = ", ".join(DEFAULT_MODEL_NAMES)
+        raise InputError(f"--only {unknown[0]} is not a default model; choose from {names}.")
     from resources.settings import load_settings
 
     settings = load_settings()
@@ -285,17 +302,20 @@ def models_train_defaults(
         out_dir,
         detector_epochs=epochs,
         log=lambda m: err.print(f"[{time.perf_counter() - started:5.0f} s] {m}"),
+        only=tuple(only),
     )
-    cards = {
+    cards_file = out_dir / "cards.json"
+    cards = json.loads(cards_file.read_text()) if only and cards_file.exists() else {}
+    cards |= {
         name: _card(
             name,
             sys.argv,
             "synthetic-default",
             metrics=result.metrics[name],
             train_seconds=round(result.seconds[name], 1),
-            data="synthetic cases, seeds 1001-1004 (3 min each; 1004 held out for the detector)",
+            data=_DEFAULT_DATA[name],
         )
         for name in result.files
     }
-    (out_dir / "cards.json").write_text(json.dumps(cards, indent=2))
+    cards_file.write_text(json.dumps(cards, indent=2))
     err.print(f"default models written in {time.perf_counter() - started:.0f} s")

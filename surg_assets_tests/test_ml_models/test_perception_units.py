@@ -18,6 +18,7 @@ from ml_models.events import (
     events_table,
     scene_cuts,
 )
+from ml_models.frames import frames_per_second
 from ml_models.phases import CausalMSTCN, segments_from_probabilities
 from ml_models.tables import DETECTIONS, EVENTS, TRACKS, table_from_rows
 from ml_models.tracking import track_detections, usage_intervals
@@ -216,3 +217,32 @@ def test_onnx_runtime_gives_the_detections_of_torch(
         best = gaps.max(axis=1).argmin()
         assert gaps[best].max() < 2.0  # pixels
         assert abs(same.confidence.iloc[best] - row.confidence) < 0.01
+
+
+def test_phase_corpus_frames_match_the_video_the_pipeline_would_decode(tmp_path: Path) -> None:
+    # The phase model trains on frames rendered straight at 1 fps; they must carry the labels
+    # and look like the frames the pipeline decodes from the same case's H.264 video.
+    from ml_models.synthetic import generate
+    from ml_models.training import phase_labels_at, render_phase_cases
+
+    generate(tmp_path, minutes=0.5, seed=77, size=(426, 240))
+    times, decoded = frames_per_second(tmp_path / "video.mp4", 1.0)
+    [(images, labels)] = render_phase_cases([77], [0.5], size=(426, 240))
+    assert images.shape == decoded.shape
+    assert np.array_equal(labels, phase_labels_at(tmp_path, times))
+    diff = np.abs(images.astype(np.int16) - decoded.astype(np.int16)).mean(axis=(1, 2, 3))
+    assert diff.max() < 6.0  # grey levels: codec and JPEG losses only, the same picture
+
+
+def test_phase_model_keeps_its_depth_through_save_and_load(tmp_path: Path) -> None:
+    from ml_models.phases import PhaseModel, train_phase_model
+
+    rng = np.random.default_rng(0)
+    videos = [(rng.integers(0, 255, (40, 96, 96, 3), np.uint8), np.repeat([0, 1], 20))]
+    model = train_phase_model(
+        videos, ["a", "b"], encoder_epochs=1, temporal_epochs=1, layers=5, encoder_frames=16
+    )
+    model.save(tmp_path / "phase.pt")
+    loaded = PhaseModel.load(tmp_path / "phase.pt")
+    assert len(loaded.temporal.stages[0].blocks) == 5
+    assert np.allclose(loaded.predict_images(videos[0][0]), model.predict_images(videos[0][0]))
