@@ -337,6 +337,12 @@ class TranscodeResult:
     decode_gaps: tuple[DecodeGap, ...] = ()
 
 
+# x264 preset of the normalised video. "superfast" encodes the 854x480 real clip in 4.7 CPU s
+# against 8.5 for "veryfast" (same CRF 23; file 38% larger): the transcode is about a sixth of a
+# case's CPU time, and the normalised video is an internal rendition, not an archive copy.
+TRANSCODE_PRESET = "superfast"
+
+
 def transcode(
     src: str | Path,
     dst: str | Path,
@@ -383,7 +389,7 @@ def transcode(
         gop = max(1, int(round(float(rate))))
         ost.codec_context.gop_size = gop
         ost.options = {
-            "preset": "veryfast",
+            "preset": TRANSCODE_PRESET,
             "crf": "23",
             # A closed GOP of exactly one second: every second is a clean seek point.
             "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
