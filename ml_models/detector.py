@@ -93,6 +93,80 @@ def onnx_graph(weights: Path, imgsz: int, cache_dir: str | Path | None = None) -
     return target
 
 
+def letterbox_input(bgr: np.ndarray, imgsz: int, stride: int = 32) -> np.ndarray:
+    """One frame as the exported graph takes it (1x3xHxW float RGB in 0..1), as ultralytics
+    prepares it: long side scaled to ``imgsz``, short side padded to a multiple of ``stride``."""
+    import cv2
+
+    h, w = bgr.shape[:2]
+    scale = imgsz / max(h, w)
+    nw, nh = round(w * scale), round(h * scale)
+    img = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    ph, pw = -nh % stride, -nw % stride
+    img = cv2.copyMakeBorder(
+        img, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_CONSTANT, value=(114,) * 3
+    )
+    return (img[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0).copy()
+
+
+def int8_graph(fp32_graph: Path, calibration: list[np.ndarray], imgsz: int, target: Path) -> Path:
+    """Static INT8 quantisation (QDQ, per-channel int8 weights, uint8 activations) of an
+    exported detector graph, calibrated on ``calibration`` BGR frames (frames of the videos the
+    model will see, never the frames it is evaluated on). Ultralytics' metadata (class names,
+    stride, task) is carried over, so ``YOLO(target)`` loads it like the FP32 graph.
+
+    The detection head's decoding (sigmoids, distribution focal loss, the concat of box pixels
+    with class scores) stays in float: quantised with one scale, the scores (0..1) next to box
+    coordinates (0..imgsz) round to zero and nothing is detected. Its convolutions are quantised.
+    """
+    import re
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    graph = onnx.load(str(fp32_graph)).graph
+    name = graph.input[0].name
+    layers = [int(x) for n in graph.node for x in re.findall(r"^/model\.(\d+)/", n.name)]
+    head = f"/model.{max(layers)}/" if layers else None
+    keep_float = [
+        n.name for n in graph.node if head and n.name.startswith(head) and n.op_type != "Conv"
+    ]
+    inputs = iter([{name: letterbox_input(f, imgsz)} for f in calibration])
+
+    class Frames(CalibrationDataReader):
+        def get_next(self) -> dict | None:
+            return next(inputs, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_graph), str(pre), skip_symbolic_shape=True)
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(pre),
+            str(out),
+            Frames(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+        )
+        model = onnx.load(str(out))
+        source = onnx.load(str(fp32_graph))
+        del model.metadata_props[:]
+        model.metadata_props.extend(source.metadata_props)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(target))
+    return target
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a training run produced."""

@@ -246,3 +246,35 @@ def test_phase_model_keeps_its_depth_through_save_and_load(tmp_path: Path) -> No
     loaded = PhaseModel.load(tmp_path / "phase.pt")
     assert len(loaded.temporal.stages[0].blocks) == 5
     assert np.allclose(loaded.predict_images(videos[0][0]), model.predict_images(videos[0][0]))
+
+
+def test_int8_graph_loads_like_the_fp32_one_and_finds_the_confident_boxes(
+    tiny_models: dict[str, Path], synthetic_case: Path, tmp_path: Path
+) -> None:
+    from ultralytics import YOLO
+
+    from ml_models.detector import detect_video, int8_graph, letterbox_input, onnx_graph
+
+    video = synthetic_case / "video.mp4"
+    frames = [f.bgr for f in sample_frames(video, 1.0, start_s=8.0, end_s=16.0)]
+    assert letterbox_input(frames[0], 320).shape == (1, 3, 192, 320)  # ultralytics' rect input
+    fp32 = onnx_graph(tiny_models["instrument_detector"], 320, tmp_path / "onnx")
+    int8 = YOLO(str(int8_graph(fp32, frames, 320, tmp_path / "int8.onnx")), task="segment")
+    reference = YOLO(str(fp32), task="segment")
+    tables = {}
+    for name, model in (("fp32", reference), ("int8", int8)):
+        tables[name], _ = detect_video(
+            model, video, "c1", "v", sample_fps=1.0, imgsz=320, conf=0.001, end_s=8.0
+        )
+    a, b = (tables[n].to_pandas() for n in ("fp32", "int8"))
+    assert len(a) > 0 and len(b) > 0
+    # Ultralytics' metadata came along: the same class names, not the generic class0..N.
+    assert int8.names == reference.names and set(b.class_name) <= set(reference.names.values())
+    # Quantisation moves boxes a little; each confident FP32 box has an INT8 box of its class
+    # on the same frame overlapping it (IoU >= 0.5).
+    for row in a.nlargest(min(len(a), 10), "confidence").itertuples():
+        same = b[(b.frame_index == row.frame_index) & (b.class_id == row.class_id)]
+        ix = (same.x2.clip(upper=row.x2) - same.x1.clip(lower=row.x1)).clip(lower=0)
+        iy = (same.y2.clip(upper=row.y2) - same.y1.clip(lower=row.y1)).clip(lower=0)
+        union = (row.x2 - row.x1) * (row.y2 - row.y1) + (same.x2 - same.x1) * (same.y2 - same.y1)
+        assert ((ix * iy) / (union - ix * iy)).max() >= 0.5
