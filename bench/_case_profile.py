@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -29,6 +28,9 @@ from pathlib import Path
 STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from pipeline_speed import peak_rss_mb  # noqa: E402
 
 
 class CpuSampler:
@@ -167,7 +169,7 @@ def profile_case(video: str, warm_with: str | None = None) -> dict:
         "x_real_time_run": round(duration / t_run, 3),
         # What the run would take with both cores all its own: CPU time over the cores.
         "x_real_time_cpu_bound": round(duration / (c_run / (os.cpu_count() or 1)), 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

@@ -72,8 +72,9 @@ def baseline(video: str, imgsz: int, stride: int) -> dict:
     return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "boxes": boxes}
 
 
-def ours(video: str, imgsz: int, sample_fps: float) -> dict:
-    """Our detection + tracking stages."""
+def ours(video: str, imgsz: int, sample_fps: float, keep_boxes: bool = True) -> dict:
+    """Our detection + tracking stages (``keep_boxes=False``: no copy of the boxes for the
+    agreement, so a peak-RSS child measures the pipeline and not the bench)."""
     from ml_models.detector import detect_video, load_model
     from ml_models.tracking import track_detections
     from ml_models.video import probe_video
@@ -84,10 +85,9 @@ def ours(video: str, imgsz: int, sample_fps: float) -> dict:
     table, run = detect_video(model, video, "bench", "v", sample_fps=sample_fps, imgsz=imgsz)
     track_detections(table, (probe.width, probe.height), sample_fps)
     seconds = time.perf_counter() - started
-    df = table.to_pandas()
     boxes = [
         (int(r.frame_index), [r.x1, r.y1, r.x2, r.y2], float(r.confidence), int(r.class_id))
-        for r in df.itertuples()
+        for r in (table.to_pandas().itertuples() if keep_boxes else [])
     ]
     return {"frames": run.frames, "seconds": seconds, "fps": run.frames / seconds, "boxes": boxes}
 
@@ -127,6 +127,26 @@ def model_limit(video: str, imgsz: int, sample_fps: float, batch: int = 8) -> di
     return {"frames": len(frames), "seconds": seconds, "fps": len(frames) / seconds}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MB.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that across fork and exec, so a child
+    started by this (large) bench process would report the bench's own peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
+# `surg analyze` as the console script runs it, printing its own peak RSS on the way out.
+_SURG_WITH_PEAK = (
+    "import atexit, sys; sys.path.insert(0, {bench!r}); from pipeline_speed import peak_rss_mb; "
+    "atexit.register(lambda: print('PEAK_RSS_MB', peak_rss_mb(), file=sys.stderr)); "
+    "from surg_assets.cli import main; sys.argv = ['surg', *sys.argv[1:]]; main()"
+)
+
+
 def full_case(video: str) -> dict:
     """`surg analyze` in a fresh SURG_HOME, as a user runs it."""
     from ml_models.video import probe_video
@@ -136,13 +156,14 @@ def full_case(video: str) -> dict:
         env = {**os.environ, "SURG_HOME": home}
         started = time.perf_counter()
         proc = subprocess.run(
-            [str(Path(sys.executable).with_name("surg")), "analyze", video, "--out", f"{home}/out"],
+            [sys.executable, "-c", _SURG_WITH_PEAK.format(bench=str(REPO / "bench")), "analyze",
+             video, "--out", f"{home}/out"],
             env=env, capture_output=True, text=True,
         )  # fmt: skip
         seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_mb = float(proc.stderr.rsplit("PEAK_RSS_MB", 1)[1].split()[0])
     return {"seconds": seconds, "x_real_time": duration / seconds, "peak_rss_mb": peak_mb}
 
 
@@ -204,8 +225,8 @@ def agreement(reference: list, candidate: list) -> float:
 
 def _child(stage: str, video: str, imgsz: int) -> None:
     """Run one stage in this (fresh) process and print its figures with the peak RSS."""
-    result = ours(video, imgsz, 5.0) if stage == "ours" else baseline(video, imgsz, 5)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = ours(video, imgsz, 5.0, False) if stage == "ours" else baseline(video, imgsz, 5)
+    result["peak_rss_mb"] = peak_rss_mb()
     result.pop("boxes")
     print(json.dumps(result))
 
