@@ -11,7 +11,7 @@ baseline (ultralytics ``YOLO.track``, 640 px) beside them. Accuracy cost, report
 
 Appends a table to BENCHMARKS.md::
 
-    python bench/int8_speed.py [--runs 2]
+    python bench/int8_speed.py [--runs 1]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _int8_isa() -> str:
 def main() -> None:
     """Quantise, measure both graphs and the baseline in one process, append to BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=1, help="Runs of each graph (1 in make bench).")
     args = parser.parse_args()
     clips = sorted((SHARED / "cholec80-clips" / "clips").glob("*.mp4"))
     if len(clips) < 2:
