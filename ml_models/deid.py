@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ml_models.events import Event, OutOfBodyClassifier
+from ml_models.video import TRANSCODE_PRESET
 
 
 @dataclass(frozen=True)
@@ -86,26 +87,28 @@ def deidentify(src: str | Path, dst: str | Path, plan: Redaction) -> DeidResult:
         )
         gop = max(1, int(round(float(rate))))
         ost.options = {
-            "preset": "veryfast",
+            "preset": TRANSCODE_PRESET,
             "crf": "23",
             "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
         }
         ost.codec_context.time_base = Fraction(1) / rate
         for frame in inp.decode(ins):
             t = float(frame.time or 0.0)
-            img = frame.to_ndarray(format="bgr24")
-            changed = False
-            if any(a <= t < b for a, b in plan.blur):
-                img = obliterate(img)
-                blurred += 1
-                changed = True
+            blur = any(a <= t < b for a, b in plan.blur)
             boxes = [box for a, b, box in plan.boxes if a <= t < b]
-            for x1, y1, x2, y2 in boxes:
-                cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 0), thickness=-1)
-            if boxes:
-                redacted += 1
-                changed = True
-            new = av.VideoFrame.from_ndarray(img, format="bgr24") if changed else frame
+            new = frame
+            # Most frames need nothing hidden: they go to the encoder as decoded, without the
+            # round trip through BGR.
+            if blur or boxes:
+                img = frame.to_ndarray(format="bgr24")
+                if blur:
+                    img = obliterate(img)
+                    blurred += 1
+                for x1, y1, x2, y2 in boxes:
+                    cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 0), thickness=-1)
+                if boxes:
+                    redacted += 1
+                new = av.VideoFrame.from_ndarray(img, format="bgr24")
             new = new.reformat(format="yuv420p")
             new.pts = frames
             new.time_base = ost.codec_context.time_base
