@@ -149,3 +149,24 @@ def predict_proba(model: FrameCNN, images: np.ndarray, batch_size: int = 256) ->
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, model.head.out_features), np.float32)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
+    """Export a model to ONNX with a dynamic first axis (frames, or seconds of video).
+
+    The inputs are what :func:`to_tensor` makes of prepared images; the graph gives what the
+    module's ``forward`` gives. Uses the TorchScript exporter, which needs nothing beyond torch
+    and ``onnx`` (the newer exporter needs ``onnxscript``).
+    """
+    path = Path(path)
+    model.eval()
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=False,
+        input_names=["frames"],
+        output_names=["output"],
+        dynamic_axes={"frames": {0: "n"}, "output": {0: "n"}},
+    )
+    return path

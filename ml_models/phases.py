@@ -138,10 +138,37 @@ class PhaseModel:
         logits = self.temporal(x)[-1][0]
         return torch.softmax(logits, dim=0).T.numpy()
 
+    def export_onnx(self, path: str | Path) -> Path:
+        """Both stages as one ONNX graph: (T, 3, S, S) normalised 1 fps frames -> (T, phases).
+
+        The input is what :func:`ml_models.frames.to_tensor` makes of prepared frames, the
+        output the per-second probabilities of :meth:`predict_images`.
+        """
+        from ml_models.frames import FRAME_SIZE, export_onnx
+
+        return export_onnx(
+            _PhaseGraph(self.encoder, self.temporal),
+            torch.zeros(8, 3, FRAME_SIZE, FRAME_SIZE),
+            path,
+        )
+
     def predict_video(self, video: str | Path) -> tuple[np.ndarray, np.ndarray]:
         """(times (T,), probabilities (T, n_phases)) for a video."""
         times, images = frames_per_second(video, self.sample_fps)
         return times, self.predict_images(images)
+
+
+class _PhaseGraph(nn.Module):
+    """Encoder and temporal model in one module, for export."""
+
+    def __init__(self, encoder: FrameCNN, temporal: CausalMSTCN) -> None:
+        super().__init__()
+        self.encoder, self.temporal = encoder, temporal
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, 3, S, S) -> (T, n_phases) probabilities."""
+        feats = self.encoder.embed(frames).T.unsqueeze(0)
+        return torch.softmax(self.temporal(feats)[-1][0], dim=0).T
 
 
 def train_phase_model(

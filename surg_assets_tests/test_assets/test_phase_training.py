@@ -6,8 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import onnxruntime as ort
+import torch
 
+from ml_models.events import OutOfBodyClassifier
 from ml_models.formats import load_annotations
+from ml_models.frames import predict_proba, to_tensor
+from ml_models.phases import PhaseModel
 from resources import datasets as snapshots
 from resources.settings import load_settings
 from surg_assets.assets.datasets import detector_dataset, phase_dataset
@@ -60,6 +65,25 @@ def test_phase_labels_train_both_models_from_one_snapshot(
         assert row.status == "Pending" and row.dataset_version == "phase_dataset:v1"
         assert 0.0 <= row.metrics[metric] <= 1.0
         assert blob_store.exists(f"models/{name}/v1/weights.pt")
+    # The ONNX graphs give what the PyTorch bundles give, on the snapshot's own frames.
+    sample = np.load(next(folder.rglob("frames.npy")))[:30]
+    with (
+        blob_store.local_copy("models/phase_model/v1/weights.pt") as pt,
+        blob_store.local_copy("models/phase_model/v1/model.onnx") as graph,
+    ):
+        expected = PhaseModel.load(pt).predict_images(sample)
+        (got,) = ort.InferenceSession(str(graph)).run(None, {"frames": to_tensor(sample).numpy()})
+    assert got.shape == expected.shape and np.allclose(got, expected, atol=1e-4)
+    with (
+        blob_store.local_copy("models/out_of_body_model/v1/weights.pt") as pt,
+        blob_store.local_copy("models/out_of_body_model/v1/model.onnx") as graph,
+    ):
+        model = OutOfBodyClassifier.load(pt).model
+        expected = predict_proba(model, sample)
+        (logits,) = ort.InferenceSession(str(graph)).run(
+            None, {"frames": to_tensor(sample).numpy()}
+        )
+    assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), expected, atol=1e-4)
 
 
 def test_a_dataset_without_labelled_frames_fails_with_what_to_do(surg_home: Path) -> None:
