@@ -69,16 +69,28 @@ def _class_of(payload: dict[str, Any]) -> int | None:
     return instrument_id(payload.get("class_name") or "")
 
 
-def _is_target(box: LabelBox, target: dict[str, Any]) -> bool:
-    if target.get("track_id") is not None and box.track_id is not None:
-        return box.track_id == target["track_id"]
+def is_correction_target(
+    track_id: int | None, class_id: int, box: Any, target: dict[str, Any]
+) -> bool:
+    """Whether a box is the one a reviewer's correction names in its ``target``.
+
+    A box is named by its track (stable across re-reads) or, without one, by class and position
+    (IoU above :data:`SAME_BOX_IOU`): row numbers would shift if the model ran again. The player
+    and the dataset snapshots both decide with this, so a correction changes the same box in both.
+    """
+    if target.get("track_id") is not None and track_id is not None:
+        return track_id == target["track_id"]
     tb = target.get("box")
     if not tb:
         return False
-    if target.get("class_id") is not None and target["class_id"] != box.class_id:
+    if target.get("class_id") is not None and target["class_id"] != class_id:
         return False
-    iou = box_iou_matrix(np.asarray([box.box], float), np.asarray([tb], float))[0, 0]
+    iou = box_iou_matrix(np.asarray([box], float), np.asarray([tb], float))[0, 0]
     return bool(iou > SAME_BOX_IOU)
+
+
+def _is_target(box: LabelBox, target: dict[str, Any]) -> bool:
+    return is_correction_target(box.track_id, box.class_id, box.box, target)
 
 
 def apply_box_corrections(

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
+from ml_models.datasets import is_correction_target
 from resources.blob_store import BlobStore
 from resources.catalog import Annotation, Catalog
 
@@ -84,23 +85,10 @@ def current_annotations(annotations: list[Annotation]) -> list[Annotation]:
     return [a for a in annotations if a.id not in superseded]
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _matches(box: dict[str, Any], target: dict[str, Any]) -> bool:
-    # A model box is identified by its frame and track (stable across re-reads) or, without a
-    # track, by class and position: row numbers would shift if the model ran again.
-    if box["f"] != target.get("frame_index"):
-        return False
-    if target.get("track_id") is not None and box.get("k") is not None:
-        return box["k"] == target["track_id"]
-    tb = target.get("box")
-    return bool(tb) and box["c"] == target.get("class_id", box["c"]) and _iou(box["b"], tb) > 0.9
+    return box["f"] == target.get("frame_index") and is_correction_target(
+        box.get("k"), box["c"], box["b"], target
+    )
 
 
 def overlay_window(
