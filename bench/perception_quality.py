@@ -87,7 +87,9 @@ def synthetic_figures(case: Path, models: dict) -> dict:
     figures["perception_seconds"] = round(time.perf_counter() - started, 1)
 
     times, probs = models["phases"].predict_video(video)
-    segs = segments_from_probabilities(probs, 1.0 / models["phases"].sample_fps, 10.0)
+    segs = segments_from_probabilities(
+        probs, 1.0 / models["phases"].sample_fps, 10.0, models["phases"].prior
+    )
     pred = np.zeros(len(times), int)
     for s in segs:
         pred[(times >= s.start_s) & (times < s.end_s)] = s.phase_id

@@ -35,7 +35,7 @@ def score(model: PhaseModel, images: np.ndarray, labels: np.ndarray) -> tuple[fl
     """(frame accuracy, mean Jaccard) of the smoothed segments against per-second labels."""
     probs = model.predict_images(images)
     pred = np.zeros(len(labels), int)
-    for seg in segments_from_probabilities(probs, 1.0, MIN_SEGMENT_S):
+    for seg in segments_from_probabilities(probs, 1.0, MIN_SEGMENT_S, model.prior):
         pred[int(seg.start_s) : int(seg.end_s)] = seg.phase_id
     metrics = phase_metrics(labels, pred, fps=1.0)
     return metrics.accuracy, metrics.mean_jaccard

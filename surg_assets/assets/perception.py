@@ -314,6 +314,9 @@ class PhaseConfig(dg.Config):
     """Smoothing of the phase timeline."""
 
     min_segment_s: float = 10.0
+    # Decode the whole case under the model's training-data prior (phase order and timing);
+    # off: the causal per-second argmax, as a live view would see it.
+    whole_case_decoding: bool = True
 
 
 @dg.asset(
@@ -342,7 +345,8 @@ def phase_timeline(
     with blob_store.local_copy(processed_video_key(case_id)) as video:
         times, probs = model.predict_video(video)
     step = 1.0 / model.sample_fps
-    segments = segments_from_probabilities(probs, step, config.min_segment_s)
+    prior = model.prior if config.whole_case_decoding else None
+    segments = segments_from_probabilities(probs, step, config.min_segment_s, prior)
     phases = table_from_rows(
         PHASES,
         [
@@ -379,6 +383,7 @@ def phase_timeline(
             "key": key,
             "segments": phases.num_rows,
             "seconds_analysed": len(times),
+            "decoding": "whole case, training prior" if prior is not None else "causal argmax",
             "model_version": model_version,
             "preview": preview(phases, ["phase_name", "start_s", "end_s", "confidence"]),
         }

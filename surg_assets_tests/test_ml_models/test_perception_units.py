@@ -19,7 +19,7 @@ from ml_models.events import (
     scene_cuts,
 )
 from ml_models.frames import frames_per_second
-from ml_models.phases import CausalMSTCN, segments_from_probabilities
+from ml_models.phases import CausalMSTCN, PhasePrior, decode_case, segments_from_probabilities
 from ml_models.tables import DETECTIONS, EVENTS, TRACKS, table_from_rows
 from ml_models.tracking import track_detections, usage_intervals
 from ml_models.video import sample_frames, write_sample_video
@@ -122,6 +122,91 @@ def test_phase_segments_respect_the_minimum_length() -> None:
     assert segs[1].confidence == pytest.approx(0.8)
     raw = segments_from_probabilities(probs, 1.0, min_segment_s=1)
     assert [s.phase_id for s in raw] == [0, 1, 0, 2]
+
+
+def _ordered_prior(n_videos: int = 6, bins: int = 10) -> PhasePrior:
+    # Training videos that always run phase 0 -> 1 -> 2, each phase a third of the video.
+    seqs = [np.repeat([0, 1, 2], n) for n in range(20, 20 + n_videos)]
+    return PhasePrior.from_labels(seqs, 3, bins=bins)
+
+
+def test_phase_prior_counts_order_first_phase_and_progress() -> None:
+    prior = _ordered_prior()
+    assert prior.initial.tolist() == [6, 0, 0]
+    assert prior.transitions[0, 1] == 6 and prior.transitions[1, 0] == 0
+    assert prior.transitions[0, 0] == sum(n - 1 for n in range(20, 26))
+    # Early bins hold phase 0 only, late bins phase 2 only.
+    assert prior.progress[0].argmax() == 0 and prior.progress[0, 2] == 0
+    assert prior.progress[-1].argmax() == 2 and prior.progress[-1, 0] == 0
+    again = PhasePrior.from_dict(prior.to_dict())
+    assert np.array_equal(again.transitions, prior.transitions)
+    assert np.array_equal(again.progress, prior.progress)
+
+
+def test_whole_case_decoding_follows_the_training_order() -> None:
+    # The causal model is unsure in the middle and wrongly favours phase 2 for a stretch that
+    # comes before any phase 1: the order the training data shows puts that stretch in phase 0.
+    probs = np.full((90, 3), 0.05, np.float32)
+    probs[:30, 0] = 0.9
+    probs[30:40] = [0.40, 0.05, 0.55]
+    probs[40:60, 1] = 0.9
+    probs[60:, 2] = 0.9
+    probs /= probs.sum(1, keepdims=True)
+    argmax = segments_from_probabilities(probs, 1.0, min_segment_s=5)
+    assert [s.phase_id for s in argmax] == [0, 2, 1, 2]
+    path = decode_case(probs, _ordered_prior())
+    assert np.all(np.diff(path) >= 0)  # never goes back: training never did
+    segs = segments_from_probabilities(probs, 1.0, min_segment_s=5, prior=_ordered_prior())
+    assert [s.phase_id for s in segs] == [0, 1, 2]
+    # The unsure stretch goes to phase 0 or 1 (progress says 1 is due), never to 2.
+    assert 30 <= segs[0].end_s <= 40 and segs[1].end_s == 60
+    # Confidence stays the temporal model's own probability of the decoded phase.
+    end = int(segs[0].end_s)
+    assert segs[0].confidence == pytest.approx(float(probs[:end, 0].mean()), abs=1e-6)
+
+
+def test_phase_model_bundle_keeps_its_prior(tmp_path: Path) -> None:
+    from ml_models.frames import FrameCNN
+    from ml_models.phases import PhaseModel, train_phase_model
+
+    rng = np.random.default_rng(0)
+    videos = [
+        (rng.integers(0, 255, (n, 96, 96, 3), dtype=np.uint8), np.repeat([0, 1], n // 2))
+        for n in (8, 12)
+    ]
+    model = train_phase_model(videos, ["a", "b"], encoder_epochs=1, temporal_epochs=1, layers=2)
+    # Counted from the training labels themselves.
+    assert model.prior is not None and model.prior.transitions.tolist() == [[8, 2], [0, 8]]
+    model.save(tmp_path / "m.pt")
+    again = PhaseModel.load(tmp_path / "m.pt")
+    assert again.prior is not None
+    assert np.array_equal(again.prior.progress, model.prior.progress)
+    # A bundle from before priors existed still loads, and decodes by argmax.
+    bare = PhaseModel(FrameCNN(2), model.temporal, ["a", "b"])
+    bare.save(tmp_path / "old.pt")
+    assert PhaseModel.load(tmp_path / "old.pt").prior is None
+
+
+def test_whole_case_decoding_keeps_a_return_the_training_data_knows() -> None:
+    # Procedures that return to an earlier phase (Cholec80's coagulation between packaging and
+    # retraction) must not be forced into a straight line when training showed the return.
+    seqs = [np.repeat([0, 1, 0, 1], n) for n in range(15, 21)]
+    prior = PhasePrior.from_labels(seqs, 2, bins=10)
+    probs = np.full((80, 2), 0.1, np.float32)
+    for a, b, k in ((0, 20, 0), (20, 40, 1), (40, 60, 0), (60, 80, 1)):
+        probs[a:b, k] = 0.9
+    path = decode_case(probs, prior)
+    assert [r[0] for r in _runs_of(path)] == [0, 1, 0, 1]
+
+
+def _runs_of(path: np.ndarray) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for x in path.tolist():
+        if runs and runs[-1][0] == x:
+            runs[-1] = (x, runs[-1][1] + 1)
+        else:
+            runs.append((x, 1))
+    return runs
 
 
 def test_temporal_model_is_causal() -> None:
