@@ -2,15 +2,20 @@
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from ml_models.events import Event
 from resources.blob_store import BlobStore
 from surg_assets.assets.ingest import processed_video_key
 from surg_assets.assets.perception import read_table, video_events
 from surg_assets.partitions import cases
 from surg_assets.retries import CASE_STEP_RETRY_POLICY
+
+if TYPE_CHECKING:
+    # ml_models.events brings torch; loading the definitions (once per step process under the
+    # multiprocess executor) should not pay for it.
+    from ml_models.events import Event
 
 
 def deidentified_video_key(case_id: str) -> str:
@@ -18,8 +23,10 @@ def deidentified_video_key(case_id: str) -> str:
     return f"processed-videos/{case_id}/deidentified.mp4"
 
 
-def case_events(blob_store: BlobStore, case_id: str) -> list[Event]:
+def case_events(blob_store: BlobStore, case_id: str) -> "list[Event]":
     """The case's detected events as :class:`Event` objects."""
+    from ml_models.events import Event
+
     df = read_table(blob_store, case_id, "events.parquet").to_pandas()
     return [
         Event(r.kind, float(r.start_s), float(r.end_s), float(r.score), r.detail or "")
