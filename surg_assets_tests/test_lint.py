@@ -52,7 +52,10 @@ def test_no_legacy_dagster_apis() -> None:
 def test_loading_the_definitions_does_not_import_torch() -> None:
     # The multiprocess executor loads the definitions once per step: torch (about 2 s) is
     # imported by the steps that run a model, not by every step.
-    code = "import sys, surg_assets.definitions; print(sorted({'torch', 'ultralytics'} & set(sys.modules)))"
+    code = (
+        "import sys, surg_assets.definitions; "
+        "print(sorted({'torch', 'ultralytics'} & set(sys.modules)))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
