@@ -4,7 +4,8 @@ Stages, each timed on the same video with the same Approved detector weights and
 sampling (5 fps from 25 fps video), median of ``--runs`` runs:
 
 1. baseline: ultralytics ``YOLO(weights).track(source=video, stream=True, vid_stride=k)``;
-2. ours: ``detect_video`` (threaded PyAV decode, batched inference) + ``track_detections``;
+2. ours: ``detect_video`` with a parquet sink (threaded PyAV decode, batched inference, rows
+   streamed to the file) + ``track_detections_to_parquet``;
 3. decode limit: PyAV decoding every frame and nothing else;
 4. model limit: the detector alone on pre-decoded, pre-resized frames in memory;
 5. full case: ``surg analyze`` wall time (every case asset) as a multiple of real time;
@@ -75,19 +76,30 @@ def baseline(video: str, imgsz: int, stride: int) -> dict:
 def ours(video: str, imgsz: int, sample_fps: float, keep_boxes: bool = True) -> dict:
     """Our detection + tracking stages (``keep_boxes=False``: no copy of the boxes for the
     agreement, so a peak-RSS child measures the pipeline and not the bench)."""
+    import pyarrow.parquet as pq
+
     from ml_models.detector import detect_video, load_model
-    from ml_models.tracking import track_detections
+    from ml_models.tracking import track_detections_to_parquet
     from ml_models.video import probe_video
 
     model = load_model(_weights())
     probe = probe_video(video)
-    started = time.perf_counter()
-    table, run = detect_video(model, video, "bench", "v", sample_fps=sample_fps, imgsz=imgsz)
-    track_detections(table, (probe.width, probe.height), sample_fps)
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        # Through parquet files, as the case assets run it: memory flat in video length.
+        detections = Path(tmp) / "detections.parquet"
+        started = time.perf_counter()
+        _, run = detect_video(
+            model, video, "bench", "v", sample_fps=sample_fps, imgsz=imgsz, sink=detections
+        )
+        track_detections_to_parquet(
+            detections, Path(tmp) / "tracks.parquet", (probe.width, probe.height), sample_fps
+        )
+        seconds = time.perf_counter() - started
+        columns = ["frame_index", "x1", "y1", "x2", "y2", "confidence", "class_id"]
+        table = pq.read_table(detections, columns=columns) if keep_boxes else None
     boxes = [
         (int(r.frame_index), [r.x1, r.y1, r.x2, r.y2], float(r.confidence), int(r.class_id))
-        for r in (table.to_pandas().itertuples() if keep_boxes else [])
+        for r in (table.to_pandas().itertuples() if table is not None else [])
     ]
     return {"frames": run.frames, "seconds": seconds, "fps": run.frames / seconds, "boxes": boxes}
 

@@ -3,7 +3,9 @@
 The model is built from a yaml (no pretrained weights exist here) and trained by the project.
 Inference streams over a video: PyAV decodes in its own thread into a bounded queue (memory is flat
 in video length), frames are sampled at a fixed rate, batched, run through the model, and turned
-into a pyarrow table by one adapter, :func:`results_to_rows`.
+into a pyarrow table by one adapter, :func:`results_to_rows`; for whole cases the rows go to a
+parquet file batch by batch (``detect_video(..., sink=path)``) so the detections are not held
+either.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow as pa
 
 from ml_models.errors import InputError
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
-from ml_models.tables import DETECTIONS, table_from_rows
+from ml_models.tables import DETECTIONS, RowGroupWriter, table_from_rows
 from ml_models.ultra import OFFLINE_TRAIN_ARGS, ultralytics_offline
 from ml_models.video import SampledFrame, sample_frames
 
@@ -326,17 +328,39 @@ def detect_video(
     progress: Callable[[DetectionRun], None] | None = None,
     start_s: float = 0.0,
     end_s: float | None = None,
+    sink: str | Path | None = None,
 ) -> tuple[pa.Table, DetectionRun]:
     """Run the detector over a video (or the chunk ``start_s``..``end_s``), streaming.
 
+    Held in memory, the detections grow with the video (the instance polygons are a few kB per
+    frame); whole cases pass ``sink`` so that memory stays flat in video length.
+
+    Args:
+        model: Weights loaded by :func:`load_model`.
+        video: The (normalised) video file.
+        case_id: Written into every row.
+        model_version: Written into every row (``instrument_detector:N``).
+        sample_fps: Frames per second of video that are detected.
+        batch_size: Frames per inference call.
+        imgsz: Input size of the model.
+        conf: Lowest confidence kept.
+        device: ``auto``, ``cpu`` or ``cuda:N``.
+        progress: Called after every batch with the counters so far.
+        start_s: First second read.
+        end_s: Second reading stops before (``None``: the end of the video).
+        sink: A parquet file to write the detections to as they are made, in time order, in row
+            groups of :data:`ml_models.tables.ROW_GROUP_ROWS` rows (complete only when this
+            returns: write it somewhere private and publish it afterwards).
+
     Returns:
-        The detections table and counters.
+        The detections table (empty when they went to ``sink``) and counters.
     """
     run = DetectionRun()
     started = time.perf_counter()
     dev = resolve_device(device)
-    batches: list[pa.RecordBatch] = []
     pending: list[SampledFrame] = []
+    held: list[pa.Table] = []
+    writer = RowGroupWriter(sink, DETECTIONS) if sink is not None else None
 
     def flush() -> None:
         results = model.predict(
@@ -350,7 +374,11 @@ def detect_video(
         )
         rows = results_to_rows(results, pending, case_id, model_version)
         if rows:
-            batches.extend(table_from_rows(DETECTIONS, rows).to_batches())
+            table = table_from_rows(DETECTIONS, rows)
+            if writer:
+                writer.write(table)
+            else:
+                held.append(table)
         run.frames += len(pending)
         run.frame_times.extend(f.t_s for f in pending)
         run.detections += len(rows)
@@ -362,16 +390,18 @@ def detect_video(
         if progress:
             progress(run)
 
-    for frame in sample_frames(video, sample_fps, start_s=start_s, end_s=end_s):
-        pending.append(frame)
-        if len(pending) >= batch_size:
+    try:
+        for frame in sample_frames(video, sample_fps, start_s=start_s, end_s=end_s):
+            pending.append(frame)
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
             flush()
-    if pending:
-        flush()
+    finally:
+        if writer:
+            writer.close()
     run.seconds = time.perf_counter() - started
-    table = (
-        pa.Table.from_batches(batches, schema=DETECTIONS) if batches else DETECTIONS.empty_table()
-    )
+    table = pa.concat_tables(held).combine_chunks() if held else DETECTIONS.empty_table()
     return table, run
 
 

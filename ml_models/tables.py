@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,3 +105,54 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
 def from_parquet_bytes(data: bytes) -> pa.Table:
     """Read a parquet table from bytes."""
     return pq.read_table(io.BytesIO(data))
+
+
+# Rows per row group of a streamed table: with instance polygons (a few kB a row) a buffered
+# group stays near 10 MB, and a reader holds one group at a time.
+ROW_GROUP_ROWS = 2048
+
+
+class RowGroupWriter:
+    """A parquet file (zstd) written while its rows are produced, one row group at a time.
+
+    Producers hand over small tables (one inference batch, one frame); buffering them up to
+    ``rows_per_group`` rows keeps row groups a sensible size for readers without holding more
+    than one group in memory. Use as a context manager: the file is complete once it closes.
+    """
+
+    def __init__(
+        self, path: str | Path, schema: pa.Schema, rows_per_group: int = ROW_GROUP_ROWS
+    ) -> None:
+        self.schema = schema
+        self.rows = 0
+        self._rows_per_group = rows_per_group
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer = pq.ParquetWriter(str(path), schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows (cast to the file's schema); a row group is written once enough wait."""
+        if table.num_rows == 0:
+            return
+        self._pending.append(table.cast(self.schema))
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self._rows_per_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            group = pa.concat_tables(self._pending).combine_chunks()
+            self._writer.write_table(group, row_group_size=max(group.num_rows, 1))
+            self._pending, self._pending_rows = [], 0
+
+    def close(self) -> None:
+        """Write what is left and the file footer."""
+        self._flush()
+        self._writer.close()
+
+    def __enter__(self) -> RowGroupWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,19 +1,30 @@
 """Instrument tracking with ultralytics' trackers (ByteTrack, BoT-SORT) over stored detections.
 
 Tracking runs on the detections table rather than on the video, so it needs no second inference
-pass and can be re-run with other settings in seconds.
+pass and can be re-run with other settings in seconds. A stored detections file is tracked one
+record batch at a time (:func:`track_detections_to_parquet`): memory does not grow with the case.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ml_models.errors import InputError
-from ml_models.tables import INSTRUMENT_USAGE, TRACKS, table_from_rows
+from ml_models.tables import (
+    INSTRUMENT_USAGE,
+    ROW_GROUP_ROWS,
+    TRACKS,
+    RowGroupWriter,
+    table_from_rows,
+)
 from ml_models.ultra import ultralytics_offline
 
 TRACKERS = ("bytetrack", "botsort")
@@ -38,16 +49,72 @@ def _tracker(name: str, frame_rate: float) -> Any:
     return BYTETracker(cfg)
 
 
+# The columns the tracker reads, in the order ultralytics' ``Boxes`` takes them.
+_BOX_COLUMNS = ["x1", "y1", "x2", "y2", "confidence", "class_id"]
+# What usage intervals need: everything but the polygons, which are most of a tracks table.
+USAGE_COLUMNS = ["case_id", "track_id", "class_id", "class_name", "t_s", "confidence"]
+
+
+def _frames(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Regroup record batches in time order into one table per frame.
+
+    A reader's batches need not end on a frame border, so the last frame of a batch waits until
+    the next batch shows whether it goes on.
+    """
+    carry: list[pa.Table] = []
+    last = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        table = pa.Table.from_batches([batch])
+        index = table.column("frame_index").to_numpy()
+        if last is not None and index[0] < last or np.any(np.diff(index) < 0):
+            raise InputError(
+                "the detections are not in time order; write them with detect_video(sink=...) "
+                "or pass the table to track_detections."
+            )
+        starts = np.flatnonzero(np.diff(index)) + 1
+        bounds = [0, *starts.tolist(), len(index)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            piece = table.slice(a, b - a)
+            if carry and index[a] != last:
+                yield pa.concat_tables(carry)
+                carry = []
+            carry.append(piece)
+            last = index[a]
+    if carry:
+        yield pa.concat_tables(carry)
+
+
+def _track_frames(
+    frames: Iterable[pa.Table], frame_size: tuple[int, int], trk: Any
+) -> Iterator[pa.Table]:
+    """Tracks of each frame (its confirmed detections with ``track_id``), frame by frame."""
+    from ultralytics.engine.results import Boxes
+
+    w, h = frame_size
+    for rows in frames:
+        data = np.column_stack([rows.column(c).to_numpy().astype(np.float32) for c in _BOX_COLUMNS])
+        result = trk.update(Boxes(data, (h, w)))
+        if len(result) == 0:
+            continue
+        # Keep the detector's box (the tracker's is Kalman-smoothed) so tables agree.
+        picked = rows.take(pa.array(result[:, -1].astype(np.int64)))
+        yield picked.append_column("track_id", pa.array(result[:, 4].astype(np.int64)))
+
+
 def track_detections(
     detections: pa.Table,
     frame_size: tuple[int, int],
     sample_fps: float,
     tracker: str = "bytetrack",
 ) -> pa.Table:
-    """Assign track ids to detections, frame by frame in time order.
+    """Assign track ids to detections, frame by frame in time order, in memory.
+
+    For whole cases use :func:`track_detections_to_parquet`, which streams (same rows).
 
     Args:
-        detections: The detections table (DESIGN.md schema).
+        detections: The detections table (DESIGN.md schema), in any row order.
         frame_size: (width, height) of the frames the boxes are in.
         sample_fps: Rate at which frames were sampled (the tracker's frame rate).
         tracker: ``bytetrack`` or ``botsort``.
@@ -55,38 +122,67 @@ def track_detections(
     Returns:
         The tracks table: every detection the tracker confirmed, with ``track_id``.
     """
-    from ultralytics.engine.results import Boxes
-
-    trk = _tracker(tracker, sample_fps)
+    trk = _tracker(tracker, sample_fps)  # an unknown tracker is refused even with no detections
     if detections.num_rows == 0:
         return TRACKS.empty_table()
-    df = detections.to_pandas()
-    frames = np.sort(df["frame_index"].unique())
-    w, h = frame_size
-    out_rows: list[dict[str, Any]] = []
-    by_frame = dict(tuple(df.groupby("frame_index", sort=True)))
-    for frame_index in frames:
-        rows = by_frame[frame_index]
-        data = rows[["x1", "y1", "x2", "y2", "confidence", "class_id"]].to_numpy(np.float32)
-        boxes = Boxes(data, (h, w))
-        result = trk.update(boxes)
-        for *_box, track_id, _score, _cls, idx in result:
-            source = rows.iloc[int(idx)].to_dict()
-            # Keep the detector's box (the tracker's is Kalman-smoothed) so tables agree.
-            source["track_id"] = int(track_id)
-            out_rows.append(source)
-    for row in out_rows:
-        if isinstance(row.get("mask"), np.ndarray):
-            row["mask"] = row["mask"].tolist()
-    return table_from_rows(TRACKS, out_rows)
+    # Stable sort: rows of one frame keep their order, which decides the tracker's matches.
+    ordered = detections.take(pc.sort_indices(detections, [("frame_index", "ascending")]))
+    tables = list(_track_frames(_frames(ordered.to_batches()), frame_size, trk))
+    return pa.concat_tables(tables).cast(TRACKS) if tables else TRACKS.empty_table()
+
+
+@dataclass(frozen=True)
+class TrackingRun:
+    """What a streamed tracking pass wrote."""
+
+    rows: int
+    tracks: int
+
+
+def track_detections_to_parquet(
+    detections: str | Path,
+    sink: str | Path,
+    frame_size: tuple[int, int],
+    sample_fps: float,
+    tracker: str = "bytetrack",
+) -> TrackingRun:
+    """:func:`track_detections` over a detections parquet file, streamed to a tracks file.
+
+    Reads one record batch at a time and writes tracks as they are confirmed, so memory stays
+    flat in video length. The file must be in time order, as
+    :func:`ml_models.detector.detect_video` (with a sink) and the chunk merge write it.
+
+    Args:
+        detections: A detections parquet file, rows in time order.
+        sink: The tracks parquet file to write (complete only when this returns).
+        frame_size: (width, height) of the frames the boxes are in.
+        sample_fps: Rate at which frames were sampled (the tracker's frame rate).
+        tracker: ``bytetrack`` or ``botsort``.
+
+    Returns:
+        Rows written and distinct track ids.
+    """
+    trk = _tracker(tracker, sample_fps)
+    ids: set[int] = set()
+    source = pq.ParquetFile(str(detections))
+    with RowGroupWriter(sink, TRACKS) as writer:
+        frames = _frames(source.iter_batches(batch_size=ROW_GROUP_ROWS))
+        for table in _track_frames(frames, frame_size, trk):
+            writer.write(table)
+            ids.update(table.column("track_id").to_pylist())
+    return TrackingRun(rows=writer.rows, tracks=len(ids))
 
 
 def usage_intervals(tracks: pa.Table, sample_fps: float, max_gap_s: float = 2.0) -> pa.Table:
     """Per-instrument usage intervals: each track's visible stretches, gaps under ``max_gap_s``
-    bridged (a tool hidden behind tissue for a moment is still in use)."""
+    bridged (a tool hidden behind tissue for a moment is still in use).
+
+    ``tracks`` needs only :data:`USAGE_COLUMNS`; read a stored tracks file with
+    ``pq.read_table(path, columns=USAGE_COLUMNS)`` to leave the polygons on disk.
+    """
     if tracks.num_rows == 0:
         return INSTRUMENT_USAGE.empty_table()
-    df = tracks.to_pandas().sort_values(["track_id", "t_s"])
+    df = tracks.select(USAGE_COLUMNS).to_pandas().sort_values(["track_id", "t_s"])
     step = 1.0 / sample_fps
     rows = []
     for track_id, g in df.groupby("track_id", sort=True):
