@@ -5,7 +5,7 @@ import dagster as dg
 from surg_assets import checks, checks_cognition, schedules, sensors
 from surg_assets.assets import cognition, datasets, ingest, perception, privacy, training
 from surg_assets.jobs import analyze_case, retrain_detector, retrain_models, retrain_phase_models
-from surg_assets.settings import build_resources
+from surg_assets.settings import build_resources, run_executor
 
 
 @dg.definitions
@@ -26,6 +26,7 @@ def defs() -> dg.Definitions:
             sensors.model_approved_sensor,
         ],
         resources=build_resources(deferred=True),
+        executor=run_executor(),
     )
 
 

@@ -114,3 +114,26 @@ def build_resources(settings: Settings | None = None, deferred: bool = False) ->
         # machines (k8s_job_executor, ECS) can read them.
         STEP_IO_MANAGER: BlobStepIOManager(blob_store=blob_store),
     }
+
+
+EXECUTORS = ("in_process", "multiprocess")
+
+
+def run_executor(settings: Settings | None = None) -> dg.ExecutorDefinition:
+    """How a run's steps execute, from ``SURG_EXECUTOR`` (default by ``SURG_ENV``).
+
+    ``in_process`` (the local default): every step of a run in the run's own process. On one
+    small machine the steps share its cores anyway, and a process per step would load the
+    definitions, torch and the models again for each of a case's twenty-odd steps (seconds
+    each, most of a short clip's run under ``dagster dev``). ``multiprocess`` (the ``prod``
+    default): Dagster's multi-or-in-process executor, a process per step unless the run config
+    asks otherwise; the Kubernetes and ECS run launchers place those steps (DESIGN.md).
+    """
+    settings = settings or load_settings()
+    default = "in_process" if settings.env == "local" else "multiprocess"
+    name = (os.environ.get("SURG_EXECUTOR") or default).strip().lower()
+    if name not in EXECUTORS:
+        raise InputError(
+            f"setting SURG_EXECUTOR={name!r} is unknown; use one of {', '.join(EXECUTORS)}."
+        )
+    return dg.in_process_executor if name == "in_process" else dg.multi_or_in_process_executor
