@@ -182,7 +182,7 @@ def test_upload_analyse_review_and_correct_a_real_clip_in_chromium(
     # (Network events reach Python after the page's own state: let the last ones arrive.)
     part_count = -(-clip.stat().st_size // (5 * MiB))
     with contextlib.suppress(AssertionError):
-        _wait_until(page, lambda: len(puts) >= part_count, timeout_s=10)
+        _wait_until(page, lambda: len(puts) >= part_count, timeout_s=30)
     assert len(puts) == part_count, puts
     assert all(n == 1 for n in puts.values()), puts
     rows = site.catalog.list_cases()
