@@ -5,9 +5,10 @@ sampling (5 fps from 25 fps video), median of ``--runs`` runs:
 
 1. baseline: ultralytics ``YOLO(weights).track(source=video, stream=True, vid_stride=k)``;
 2. ours: ``detect_video`` with a parquet sink (threaded PyAV decode, batched inference, rows
-   streamed to the file) + ``track_detections_to_parquet``;
+   streamed to the file) + ``track_detections_to_parquet``, with the detector in the runtime
+   the pipeline uses on a CPU (``DetectionConfig().runtime``: ONNX Runtime);
 3. decode limit: PyAV decoding every frame and nothing else;
-4. model limit: the detector alone on pre-decoded, pre-resized frames in memory;
+4. model limit: the detector alone (same runtime) on pre-decoded, pre-resized frames in memory;
 5. full case: ``surg analyze`` wall time (every case asset) as a multiple of real time;
 6. memory: peak RSS of 2 and 5 (each in its own process).
 
@@ -51,6 +52,16 @@ def _weights() -> str:
     return str(default_weights_file("instrument_detector"))
 
 
+def pipeline_model(imgsz: int) -> object:
+    """The detector as ``instrument_detections`` runs it on a CPU: the runtime of its default
+    config (ONNX Runtime), exported at ``imgsz``, the export cached outside the repository."""
+    from ml_models.detector import load_model
+    from surg_assets.assets.perception import DetectionConfig
+
+    cache = Path(tempfile.gettempdir()) / "surg-bench-model-cache"
+    return load_model(_weights(), runtime=DetectionConfig().runtime, imgsz=imgsz, cache_dir=cache)
+
+
 def baseline(video: str, imgsz: int, stride: int) -> dict:
     """The obvious way: ultralytics' own tracker loop over the file."""
     from ml_models.ultra import ultralytics_offline
@@ -78,11 +89,11 @@ def ours(video: str, imgsz: int, sample_fps: float, keep_boxes: bool = True) -> 
     agreement, so a peak-RSS child measures the pipeline and not the bench)."""
     import pyarrow.parquet as pq
 
-    from ml_models.detector import detect_video, load_model
+    from ml_models.detector import detect_video
     from ml_models.tracking import track_detections_to_parquet
     from ml_models.video import probe_video
 
-    model = load_model(_weights())
+    model = pipeline_model(imgsz)
     probe = probe_video(video)
     with tempfile.TemporaryDirectory() as tmp:
         # Through parquet files, as the case assets run it: memory flat in video length.
@@ -123,10 +134,9 @@ def model_limit(video: str, imgsz: int, sample_fps: float, batch: int = 8) -> di
     """The detector alone on frames already decoded and resized, in memory."""
     import cv2
 
-    from ml_models.detector import load_model
     from ml_models.video import sample_frames
 
-    model = load_model(_weights())
+    model = pipeline_model(imgsz)
     frames = []
     for f in sample_frames(video, sample_fps):
         h, w = f.bgr.shape[:2]
@@ -197,7 +207,7 @@ def same_frames(video: str, imgsz: int, stride: int, ours_imgsz: int) -> tuple[l
     from ml_models.detector import load_model, results_to_rows
     from ml_models.video import sample_frames
 
-    model = load_model(_weights())
+    model = load_model(_weights())  # the baseline's: ultralytics on the PyTorch weights
     reference = [
         (i * stride + stride - 1, b, c, int(k))
         for i, r in enumerate(
@@ -208,10 +218,13 @@ def same_frames(video: str, imgsz: int, stride: int, ours_imgsz: int) -> tuple[l
                            strict=True)
     ]  # fmt: skip
     frames = [f for f in sample_frames(video, 25.0) if f.frame_index % stride == stride - 1]
+    ours_model = pipeline_model(ours_imgsz)
     rows = []
     for i in range(0, len(frames), 8):
         batch = frames[i : i + 8]
-        results = model.predict([f.bgr for f in batch], imgsz=ours_imgsz, conf=0.05, verbose=False)
+        results = ours_model.predict(
+            [f.bgr for f in batch], imgsz=ours_imgsz, conf=0.05, verbose=False
+        )
         rows += results_to_rows(results, batch, "bench", "v")
     ours_rows = [(r["frame_index"], [r["x1"], r["y1"], r["x2"], r["y2"]], r["confidence"],
                   r["class_id"]) for r in rows]  # fmt: skip
