@@ -4,19 +4,24 @@ Each chunk owns a half-open time range ``[start_s, end_s)`` (the last one runs t
 video) and reads a few seconds more on each side (the overlap). Sampling keeps its grid aligned
 to the video's start (:func:`ml_models.video.sample_frames`), so a frame sampled in an overlap is
 the same frame in both neighbours; the merge keeps every frame from the one chunk that owns it,
-so each sampled frame appears once and the merged table equals a whole-video pass.
+so each sampled frame appears once and the merged table equals a whole-video pass. Chunks can be
+parquet files, merged batch by batch into another file, so a long case is never held whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ml_models.errors import InputError
-from ml_models.tables import DETECTIONS
+from ml_models.tables import DETECTIONS, ROW_GROUP_ROWS, RowGroupWriter
 
 # Frame times are rounded to 1e-4 s in the table; this keeps a frame on a border in one chunk.
 _EPS = 1e-6
@@ -79,75 +84,115 @@ def plan_chunks(
 
 @dataclass
 class ChunkDetections:
-    """What detection produced on one chunk (its read range, overlap included)."""
+    """What detection produced on one chunk (its read range, overlap included).
+
+    The rows are either in memory (``table``) or in a parquet file in time order (``file``: a
+    local path when merged; between the steps of a run, the blob key the asset resolves), so a
+    long chunk need not be held to be handed on.
+    """
 
     chunk: VideoChunk
-    table: pa.Table
+    table: pa.Table | None
     frame_times: list[float] = field(default_factory=list)
     seconds: float = 0.0
     model_version: str = ""
     runtime: str = ""
+    file: str | None = None
 
     @property
     def owned_frames(self) -> int:
         """Sampled frames of this chunk's own range (overlap frames belong to a neighbour)."""
         return sum(self.chunk.owns(t) for t in self.frame_times)
 
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The rows in time order, a bounded batch at a time (only ``columns``, if given)."""
+        if self.file is not None:
+            source = pq.ParquetFile(self.file)
+            for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns):
+                yield pa.Table.from_batches([batch])
+        elif self.table is not None:
+            yield self.table if columns is None else self.table.select(columns)
+
 
 @dataclass(frozen=True)
 class MergedDetections:
-    """The merged table and what the merge found."""
+    """The merged table (empty when it went to a file) and what the merge found."""
 
     table: pa.Table
     frames: int
     overlap_frames: int
     overlap_mismatches: int
+    rows: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
 
 
-def _owned_rows(part: ChunkDetections) -> pa.Table:
-    t = part.table.column("t_s")
-    keep = pc.greater_equal(pc.add(t, _EPS), part.chunk.start_s)
-    if part.chunk.end_s is not None:
-        keep = pc.and_(keep, pc.less(pc.add(t, _EPS), part.chunk.end_s))
-    return part.table.filter(keep)
+def _owned_rows(part: ChunkDetections) -> Iterator[pa.Table]:
+    for table in part.batches():
+        t = table.column("t_s")
+        keep = pc.greater_equal(pc.add(t, _EPS), part.chunk.start_s)
+        if part.chunk.end_s is not None:
+            keep = pc.and_(keep, pc.less(pc.add(t, _EPS), part.chunk.end_s))
+        yield table.filter(keep).cast(DETECTIONS)
 
 
-def _rows_by_frame(table: pa.Table, times: set[float]) -> dict[float, list[tuple]]:
+def _rows_by_frame(part: ChunkDetections, times: set[float]) -> dict[float, list[tuple]]:
     rows: dict[float, list[tuple]] = {}
-    for r in table.select(["t_s", "class_id", "x1", "y1", "x2", "y2"]).to_pylist():
-        t = round(r["t_s"], 4)
-        if t in times:
-            box = tuple(round(r[k], 1) for k in ("x1", "y1", "x2", "y2"))
-            rows.setdefault(t, []).append((r["class_id"], *box))
+    for table in part.batches(["t_s", "class_id", "x1", "y1", "x2", "y2"]):
+        for r in table.to_pylist():
+            t = round(r["t_s"], 4)
+            if t in times:
+                box = tuple(round(r[k], 1) for k in ("x1", "y1", "x2", "y2"))
+                rows.setdefault(t, []).append((r["class_id"], *box))
     return rows
 
 
 def _overlap_disagreements(left: ChunkDetections, right: ChunkDetections) -> tuple[int, int]:
     """Frames both neighbours sampled, and how many of those they detected differently."""
     shared = {round(t, 4) for t in left.frame_times} & {round(t, 4) for t in right.frame_times}
-    a, b = _rows_by_frame(left.table, shared), _rows_by_frame(right.table, shared)
+    if not shared:
+        return 0, 0
+    a, b = _rows_by_frame(left, shared), _rows_by_frame(right, shared)
     return len(shared), sum(sorted(a.get(t, [])) != sorted(b.get(t, [])) for t in shared)
 
 
-def merge_chunks(parts: list[ChunkDetections]) -> MergedDetections:
+def merge_chunks(parts: list[ChunkDetections], sink: str | Path | None = None) -> MergedDetections:
     """Merge chunks' detections in time order, each frame taken from the chunk that owns it.
 
     Neighbours detect the overlap twice; comparing the two is a free consistency check (the same
     weights on the same frame should agree; a mismatch points at a worker with other hardware or
     precision), reported as ``overlap_mismatches``.
+
+    Args:
+        parts: Every chunk of the video, in any order.
+        sink: A parquet file to write the merged rows to, batch by batch (memory flat in video
+            length when the parts are files too); the returned table is then empty.
     """
     parts = sorted(parts, key=lambda p: p.chunk.index)
     if [p.chunk.index for p in parts] != list(range(len(parts))):
         raise ValueError("detection chunks are missing or repeated; re-run the case.")
-    tables = [_owned_rows(p).cast(DETECTIONS) for p in parts]
-    table = pa.concat_tables(tables) if tables else DETECTIONS.empty_table()
+    held: list[pa.Table] = []
+    per_class: dict[str, int] = {}
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(RowGroupWriter(sink, DETECTIONS)) if sink else None
+        for part in parts:
+            for table in _owned_rows(part):
+                rows += table.num_rows
+                for item in pc.value_counts(table.column("class_name")).to_pylist():
+                    per_class[item["values"]] = per_class.get(item["values"], 0) + item["counts"]
+                if writer:
+                    writer.write(table)
+                else:
+                    held.append(table)
     overlap = mismatches = 0
     for left, right in zip(parts, parts[1:], strict=False):
         shared, differ = _overlap_disagreements(left, right)
         overlap, mismatches = overlap + shared, mismatches + differ
     return MergedDetections(
-        table=table,
+        table=pa.concat_tables(held) if held else DETECTIONS.empty_table(),
         frames=sum(p.owned_frames for p in parts),
         overlap_frames=overlap,
         overlap_mismatches=mismatches,
+        rows=rows,
+        per_class=per_class,
     )

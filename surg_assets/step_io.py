@@ -26,6 +26,12 @@ def step_outputs_prefix(run_id: str) -> str:
     return f"{STEP_OUTPUTS_PREFIX}{run_id}/"
 
 
+def step_file_key(run_id: str, step: str, name: str) -> str:
+    """Where a step of run ``run_id`` keeps a file it hands on instead of a pickled value (one
+    chunk's detections: too large to hold); removed with the run's other step outputs."""
+    return f"{step_outputs_prefix(run_id)}{step}/{name}"
+
+
 class BlobStepIOManager(dg.ConfigurableIOManager):
     """Pickles op outputs to the blob store, one object per output (and per mapped chunk).
 

@@ -1,12 +1,16 @@
 """Perception assets: instruments (detections, tracks), surgical phases, video events."""
 
+import contextlib
 import json
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ml_models.chunking import ChunkDetections, VideoChunk
 from ml_models.tables import (
@@ -24,7 +28,7 @@ from surg_assets.models import approved_model
 from surg_assets.partitions import cases
 from surg_assets.placement import GPU_OP_TAGS, GPU_POOL
 from surg_assets.retries import CASE_STEP_RETRY_POLICY
-from surg_assets.step_io import STEP_IO_MANAGER, discard_step_outputs
+from surg_assets.step_io import STEP_IO_MANAGER, discard_step_outputs, step_file_key
 
 
 def metadata_key(case_id: str, name: str) -> str:
@@ -42,6 +46,15 @@ def write_table(blob_store: BlobStore, case_id: str, name: str, table: pa.Table)
 def read_table(blob_store: BlobStore, case_id: str, name: str) -> pa.Table:
     """Read one of a case's parquet tables."""
     return from_parquet_bytes(blob_store.get_bytes(metadata_key(case_id, name)))
+
+
+def parquet_head(path: str | Path, columns: list[str], rows: int = 8) -> pa.Table:
+    """The first ``rows`` rows of a parquet file (only ``columns``), without reading the rest."""
+    source = pq.ParquetFile(str(path))
+    first = next(source.iter_batches(batch_size=rows, columns=columns), None)
+    if first is None:
+        return source.schema_arrow.empty_table().select(columns)
+    return pa.Table.from_batches([first])
 
 
 def preview(table: pa.Table, columns: list[str], rows: int = 8) -> dg.MetadataValue:
@@ -164,8 +177,15 @@ def detect_instrument_chunk(
                 f"case {case_id} {chunk.mapping_key}: {run.frames} frames, {run.fps:.1f} frames/s"
             )
 
-    with blob_store.local_copy(processed_video_key(case_id)) as video:
-        table, run = detect_video(
+    # The rows go to a parquet file as they are made and on to the blob store, where the merge
+    # step (maybe on another machine) reads them: neither step holds a chunk's detections.
+    key = step_file_key(context.run_id, str(context.node_handle), f"{chunk.mapping_key}.parquet")
+    with (
+        blob_store.local_copy(processed_video_key(case_id)) as video,
+        tempfile.TemporaryDirectory(prefix="surg-detections-") as tmp,
+    ):
+        sink = Path(tmp) / "detections.parquet"
+        _, run = detect_video(
             model,
             video,
             case_id,
@@ -178,14 +198,17 @@ def detect_instrument_chunk(
             progress=progress,
             start_s=chunk.read_start_s,
             end_s=chunk.read_end_s,
+            sink=sink,
         )
+        blob_store.put_file(key, sink)
     return ChunkDetections(
         chunk,
-        table,
+        None,
         run.frame_times,
         run.seconds,
         model_version=work.detector_version,
         runtime=runtime,
+        file=key,
     )
 
 
@@ -203,20 +226,31 @@ def merge_detection_chunks(
     from ml_models.chunking import merge_chunks
 
     case_id = context.partition_key
-    merged = merge_chunks(parts)
-    table = merged.table
-    key = write_table(blob_store, case_id, "detections.parquet", table)
+    key = metadata_key(case_id, "detections.parquet")
+    columns = ["t_s", "class_name", "confidence", "x1", "y1", "x2", "y2"]
+    with (
+        contextlib.ExitStack() as stack,
+        tempfile.TemporaryDirectory(prefix="surg-detections-") as tmp,
+    ):
+        # Chunk files are read batch by batch into one file: memory flat in the case's length.
+        local = [
+            replace(p, file=str(stack.enter_context(blob_store.local_copy(p.file))))
+            if p.file
+            else p
+            for p in parts
+        ]
+        sink = Path(tmp) / "detections.parquet"
+        merged = merge_chunks(local, sink=sink)
+        head = parquet_head(sink, columns)
+        blob_store.put_file(key, sink)
     discard_step_outputs(blob_store, context.run_id, f"{context.node_handle.parent.name}.")
-    per_class: dict[str, int] = {}
-    for name in table.column("class_name").to_pylist():
-        per_class[name] = per_class.get(name, 0) + 1
     seconds = sum(p.seconds for p in parts)
     detector = {p.model_version for p in parts}
     return dg.Output(
         None,
         metadata={
             "key": key,
-            "rows": table.num_rows,
+            "rows": merged.rows,
             "frames": merged.frames,
             "frames_per_second": round(merged.frames / seconds, 2) if seconds else 0.0,
             "seconds": round(seconds, 2),
@@ -226,8 +260,8 @@ def merge_detection_chunks(
             "chunk_minutes": round(detection_chunk_seconds(config) / 60.0, 3),
             "overlap_frames": merged.overlap_frames,
             "overlap_mismatches": merged.overlap_mismatches,
-            "per_class": dg.MetadataValue.json(per_class),
-            "preview": preview(table, ["t_s", "class_name", "confidence", "x1", "y1", "x2", "y2"]),
+            "per_class": dg.MetadataValue.json(merged.per_class),
+            "preview": preview(head, columns),
         },
     )
 
@@ -271,26 +305,34 @@ def instrument_tracks(
     catalog: Catalog,
 ) -> dg.MaterializeResult:
     """ByteTrack / BoT-SORT over the stored detections."""
-    from ml_models.tracking import track_detections, usage_intervals
+    from ml_models.tracking import USAGE_COLUMNS, track_detections_to_parquet, usage_intervals
+    from ml_models.video import inspect_layout
 
     case_id = context.partition_key
-    detections = read_table(blob_store, case_id, "detections.parquet")
     case = catalog.get_case(case_id)
-    sample_fps = _sample_fps(detections)
+    key = metadata_key(case_id, "tracks.parquet")
     with blob_store.local_copy(processed_video_key(case_id)) as video:
-        from ml_models.video import inspect_layout
-
         layout = inspect_layout(video)
-    tracks = track_detections(detections, (layout.width, layout.height), sample_fps, config.tracker)
-    usage = usage_intervals(tracks, sample_fps, config.max_gap_s)
-    key = write_table(blob_store, case_id, "tracks.parquet", tracks)
+    with (
+        blob_store.local_copy(metadata_key(case_id, "detections.parquet")) as detections,
+        tempfile.TemporaryDirectory(prefix="surg-tracks-") as tmp,
+    ):
+        # Streamed file to file, and the light columns only where whole columns are needed:
+        # the instance polygons, most of both tables, are never all in memory.
+        sample_fps = _sample_fps(pq.read_table(detections, columns=["t_s"]))
+        sink = Path(tmp) / "tracks.parquet"
+        run = track_detections_to_parquet(
+            detections, sink, (layout.width, layout.height), sample_fps, config.tracker
+        )
+        light = pq.read_table(sink, columns=USAGE_COLUMNS)
+        usage = usage_intervals(light, sample_fps, config.max_gap_s)
+        blob_store.put_file(key, sink)
     write_table(blob_store, case_id, "instrument_usage.parquet", usage)
-    n_tracks = len(set(tracks.column("track_id").to_pylist())) if tracks.num_rows else 0
     return dg.MaterializeResult(
         metadata={
             "key": key,
-            "rows": tracks.num_rows,
-            "tracks": n_tracks,
+            "rows": run.rows,
+            "tracks": run.tracks,
             "usage_intervals": usage.num_rows,
             "tracker": config.tracker,
             "video_duration_s": case.duration_s if case else None,

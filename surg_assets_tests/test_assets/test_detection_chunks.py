@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from ml_models.chunking import ChunkDetections, merge_chunks, plan_chunks
@@ -102,7 +104,8 @@ def test_chunk_plan_covers_the_video_with_overlapping_reads() -> None:
     assert len(plan_chunks(60.0, 30.0)) == 2  # an exact multiple makes no empty last chunk
 
 
-def test_merge_keeps_each_frame_once_and_reports_overlap_disagreement() -> None:
+def _two_chunks() -> list[ChunkDetections]:
+    """Two chunks of 2 s overlapping by 0.4 s, in the wrong order; they disagree on the overlap."""
     left_chunk, right_chunk = plan_chunks(4.0, 2.0, overlap_s=0.4)
 
     def rows(times: list[float], x1: float) -> list[dict]:
@@ -115,15 +118,32 @@ def test_merge_keeps_each_frame_once_and_reports_overlap_disagreement() -> None:
 
     left = [0.0, 0.8, 1.6, 2.0]
     right = [1.6, 2.0, 2.4, 3.2]
-    merged = merge_chunks(
-        [
-            ChunkDetections(right_chunk, table_from_rows(DETECTIONS, rows(right, 2.0)), right),
-            ChunkDetections(left_chunk, table_from_rows(DETECTIONS, rows(left, 1.0)), left),
-        ]
-    )
+    return [
+        ChunkDetections(right_chunk, table_from_rows(DETECTIONS, rows(right, 2.0)), right),
+        ChunkDetections(left_chunk, table_from_rows(DETECTIONS, rows(left, 1.0)), left),
+    ]
+
+
+def test_merge_keeps_each_frame_once_and_reports_overlap_disagreement() -> None:
+    parts = _two_chunks()
+    merged = merge_chunks(parts)
     assert merged.table.column("t_s").to_pylist() == [0.0, 0.8, 1.6, 2.0, 2.4, 3.2]
     assert merged.table.column("x1").to_pylist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
-    assert merged.frames == 6
+    assert merged.frames == 6 and merged.rows == 6 and merged.per_class == {"grasper": 6}
     assert (merged.overlap_frames, merged.overlap_mismatches) == (2, 2)
     with pytest.raises(ValueError, match="missing"):
-        merge_chunks([ChunkDetections(right_chunk, DETECTIONS.empty_table(), [])])
+        merge_chunks([ChunkDetections(parts[0].chunk, DETECTIONS.empty_table(), [])])
+
+
+def test_chunks_merged_from_files_into_a_file_equal_the_merge_in_memory(tmp_path: Path) -> None:
+    parts = _two_chunks()
+    files = []
+    for i, part in enumerate(parts):
+        path = tmp_path / f"chunk{i}.parquet"
+        pq.write_table(part.table, path, row_group_size=1)  # a reader batch per row
+        files.append(replace(part, table=None, file=str(path)))
+    merged = merge_chunks(files, sink=tmp_path / "merged.parquet")
+    assert merged.table.num_rows == 0
+    assert pq.read_table(tmp_path / "merged.parquet").equals(merge_chunks(parts).table)
+    assert (merged.frames, merged.rows, merged.per_class) == (6, 6, {"grasper": 6})
+    assert (merged.overlap_frames, merged.overlap_mismatches) == (2, 2)
