@@ -420,7 +420,13 @@ def _phase_order(segments: list[PhaseSegment], reference: dict) -> list:
                 end_s=nxt.end_s,
                 start=nxt.start,
                 phase=nxt.phase,
-                evidence={"from_phase": prev.phase, "to_phase": nxt.phase},
+                # The phases it went without are named by the analysis too, so a report that
+                # repeats the anomaly may name them although they are not in the timeline.
+                evidence={
+                    "from_phase": prev.phase,
+                    "to_phase": nxt.phase,
+                    "skipped_phases": "; ".join(PHASES[p] for p in skipped),
+                },
             )
         )
     return out

@@ -331,7 +331,12 @@ def check_grounding(content: ReportContent | dict, analysis: Analysis) -> Ground
         )
     a = analysis
     times = known_times(a)
-    case_phases = {p.phase for p in a.phases}
+    case_phases = {p.phase for p in a.phases} | {
+        name
+        for an in a.anomalies
+        for name in str(an.evidence.get("skipped_phases", "")).split("; ")
+        if name
+    }
     case_instruments = {i.instrument: i for i in a.instruments}
     phase_rows = {(p.phase, p.start, p.end): p for p in a.phases}
     problems: list[str] = []

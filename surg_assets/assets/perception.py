@@ -359,6 +359,9 @@ class PhaseConfig(dg.Config):
     # Decode the whole case under the model's training-data prior (phase order and timing);
     # off: the causal per-second argmax, as a live view would see it.
     whole_case_decoding: bool = True
+    # Shorter videos are taken as excerpts, not whole cases: where a phase falls in a case says
+    # nothing about a clip cut from its middle, so they are decoded causally.
+    whole_case_min_s: float = 120.0
 
 
 @dg.asset(
@@ -387,7 +390,8 @@ def phase_timeline(
     with blob_store.local_copy(processed_video_key(case_id)) as video:
         times, probs = model.predict_video(video)
     step = 1.0 / model.sample_fps
-    prior = model.prior if config.whole_case_decoding else None
+    whole_case = config.whole_case_decoding and len(times) * step >= config.whole_case_min_s
+    prior = model.prior if whole_case else None
     segments = segments_from_probabilities(probs, step, config.min_segment_s, prior)
     phases = table_from_rows(
         PHASES,

@@ -46,6 +46,9 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
         instance.add_dynamic_partitions("cases", [case_id])
         result = job.execute_in_process(partition_key=case_id, instance=instance)
     assert result.success
+    # A video under two minutes is an excerpt: no whole-case prior on where phases fall.
+    [phases] = result.asset_materializations_for_node("phase_timeline")
+    assert phases.metadata["decoding"].value == "causal argmax"
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {
         "transcoded_video_meets_contract": True,

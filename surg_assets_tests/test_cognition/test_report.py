@@ -90,6 +90,28 @@ def test_grounding_accepts_true_statements_in_other_words() -> None:
     assert grounding.passed, grounding.problems
 
 
+def test_phases_a_case_went_without_are_grounded_only_through_its_anomaly() -> None:
+    # Preparation straight to Gallbladder dissection: the analysis says which phases were
+    # skipped, so the report may name them; a phase neither in the case nor skipped may not.
+    from ml_models.analysis import VideoFacts, build_analysis
+    from surg_assets_tests.test_cognition.cases import CASE, events_table, phases_table, usage_table
+
+    a = build_analysis(
+        CASE,
+        phases_table([(0, 0, 10), (3, 10, 100)]),
+        usage_table(),
+        events_table(),
+        VideoFacts(duration_s=100.0, width=854, height=480, fps=25.0),
+    )
+    [order] = [x for x in a.anomalies if x.kind == "unexpected_phase_order"]
+    assert order.evidence["skipped_phases"] == "Calot triangle dissection; Clipping and cutting"
+    report = template_report(a)
+    assert any("Clipping and cutting" in x.description for x in report.anomalies_observed)
+    assert check_grounding(report, a).passed, check_grounding(report, a).problems
+    made_up = report.model_copy(update={"procedure_summary": "Gallbladder retraction was short."})
+    assert not check_grounding(made_up, a).passed
+
+
 def test_the_html_report_shows_both_charts_and_escapes_text() -> None:
     a = hand_analysis()
     content = _content(procedure_summary="Summary with <script>alert(1)</script> in it.")
