@@ -38,6 +38,7 @@ from ml_models.metrics.tracking import tracking_metrics  # noqa: E402
 from ml_models.phases import PhaseModel, segments_from_probabilities  # noqa: E402
 from ml_models.tracking import track_detections  # noqa: E402
 from ml_models.training import interval_flags, phase_labels_at  # noqa: E402
+from surg_assets.assets.perception import TrackingConfig  # noqa: E402
 from surg_assets.models import default_weights_file  # noqa: E402
 
 SAMPLE_FPS = 5.0
@@ -69,7 +70,8 @@ def synthetic_figures(case: Path, models: dict) -> dict:
     started = time.perf_counter()
     det, run = detect_video(models["detector"], video, "bench", "default", sample_fps=SAMPLE_FPS)
     figures["detector_frames_per_s"] = round(run.fps, 2)
-    tracks = track_detections(det, (summary["width"], summary["height"]), SAMPLE_FPS)
+    tracker = TrackingConfig().tracker  # the pipeline's
+    tracks = track_detections(det, (summary["width"], summary["height"]), SAMPLE_FPS, tracker)
     sampled = set(det.column("frame_index").to_pylist()) | {
         int(round(k * fps / SAMPLE_FPS)) for k in range(int(summary["duration_s"] * SAMPLE_FPS))
     }

@@ -92,6 +92,7 @@ def ours(video: str, imgsz: int, sample_fps: float, keep_boxes: bool = True) -> 
     from ml_models.detector import detect_video
     from ml_models.tracking import track_detections_to_parquet
     from ml_models.video import probe_video
+    from surg_assets.assets.perception import TrackingConfig
 
     model = pipeline_model(imgsz)
     probe = probe_video(video)
@@ -103,7 +104,11 @@ def ours(video: str, imgsz: int, sample_fps: float, keep_boxes: bool = True) -> 
             model, video, "bench", "v", sample_fps=sample_fps, imgsz=imgsz, sink=detections
         )
         track_detections_to_parquet(
-            detections, Path(tmp) / "tracks.parquet", (probe.width, probe.height), sample_fps
+            detections,
+            Path(tmp) / "tracks.parquet",
+            (probe.width, probe.height),
+            sample_fps,
+            TrackingConfig().tracker,  # the pipeline's
         )
         seconds = time.perf_counter() - started
         columns = ["frame_index", "x1", "y1", "x2", "y2", "confidence", "class_id"]

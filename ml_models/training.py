@@ -248,6 +248,9 @@ def train_phases(
 # (2001+ are kept for evaluation). Lengths are log-uniform so every phase is seen both brief
 # and long, as in real recordings (Cholec80: 15 to 90 minutes).
 DEFAULT_MODEL_NAMES = ("out_of_body_model", "phase_model", "instrument_detector")
+# The detector's second stage: twelve more short cases (seeds no evaluation uses).
+DETECTOR_FINETUNE_SEEDS = tuple(range(1005, 1017))
+DETECTOR_FINETUNE_MINUTES = 2.0
 PHASE_CORPUS_SEEDS = tuple(range(3001, 3025))
 PHASE_CORPUS_MINUTES = (2.0, 40.0)
 
@@ -267,13 +270,16 @@ def train_default_models(
     imgsz: int = 320,
     log: Log | None = None,
     only: tuple[str, ...] = (),
+    detector_finetune_epochs: int = 0,
 ) -> DefaultModels:
     """The reproducible recipe for the shipped default models (synthetic data only).
 
     The last seed's case is held out for validation of the detector; the out-of-body model
     trains on the others. The phase model trains on its own corpus of full-length cases
     rendered at 1 fps (:data:`PHASE_CORPUS_SEEDS`). ``only`` names the models to retrain
-    (default: all of :data:`DEFAULT_MODEL_NAMES`).
+    (default: all of :data:`DEFAULT_MODEL_NAMES`). ``detector_finetune_epochs`` > 0 continues
+    the detector on a wider corpus (:data:`DETECTOR_FINETUNE_SEEDS`, same validation case): the
+    first stage sees only three cases, and more scenes teach more than more epochs.
 
     Returns:
         Weights files in ``out_dir`` (``instrument_detector.pt``, ``phase_model.pt``,
@@ -319,6 +325,23 @@ def train_default_models(
         started = time.perf_counter()
         data = detector_dataset(cases, work / "detector-dataset", val_cases=1)
         trained = train_detector(data, work / "detector-runs", epochs=detector_epochs, imgsz=imgsz)
+        if detector_finetune_epochs > 0:
+            extra = synthetic_corpus(
+                work / "synthetic-finetune",
+                list(DETECTOR_FINETUNE_SEEDS),
+                DETECTOR_FINETUNE_MINUTES,
+                log=log,
+            )
+            data = detector_dataset(
+                cases[:-1] + extra + cases[-1:], work / "detector-dataset-wide", val_cases=1
+            )
+            trained = train_detector(
+                data,
+                work / "detector-runs-wide",
+                epochs=detector_finetune_epochs,
+                imgsz=imgsz,
+                init=trained.weights,
+            )
         shutil.copyfile(trained.weights, out / "instrument_detector.pt")
         metrics = evaluate_detector(out / "instrument_detector.pt", data, imgsz=imgsz)
         result.files["instrument_detector"] = out / "instrument_detector.pt"

@@ -266,6 +266,7 @@ def models_lineage(
 
 
 _SYNTHETIC_CASES = "synthetic cases, seeds 1001-1004 (3 min each; 1004 held out for the detector)"
+_FINETUNE_DATA = "; then fine-tuned with seeds 1005-1016 added (2 min each)"
 _DEFAULT_DATA = {
     "out_of_body_model": _SYNTHETIC_CASES,
     "instrument_detector": _SYNTHETIC_CASES,
@@ -282,6 +283,9 @@ def models_train_defaults(
         help="Where the default weights go.",
     ),
     epochs: int = typer.Option(10, help="Detector epochs."),
+    finetune_epochs: int = typer.Option(
+        0, help="Detector epochs on the wider corpus after the first stage (0: none)."
+    ),
     only: list[str] = typer.Option(
         [], "--only", help="Retrain only these models (repeat); the others' cards are kept."
     ),
@@ -301,6 +305,7 @@ def models_train_defaults(
         settings.home / "default-training",
         out_dir,
         detector_epochs=epochs,
+        detector_finetune_epochs=finetune_epochs,
         log=lambda m: err.print(f"[{time.perf_counter() - started:5.0f} s] {m}"),
         only=tuple(only),
     )
@@ -313,7 +318,8 @@ def models_train_defaults(
             "synthetic-default",
             metrics=result.metrics[name],
             train_seconds=round(result.seconds[name], 1),
-            data=_DEFAULT_DATA[name],
+            data=_DEFAULT_DATA[name]
+            + (_FINETUNE_DATA if name == "instrument_detector" and finetune_epochs else ""),
         )
         for name in result.files
     }
