@@ -231,9 +231,17 @@ def instrument_usage(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
             tr["start_s"], tr["end_s"] = min(tr["start_s"], t), max(tr["end_s"], t)
             tr["detections"] += 1
             tr["confidence_sum"] += conf[i] or 0.0
+            votes = tr.setdefault("votes", {})
+            key = (cols["class_id"][i], cols["class_name"][i])
+            votes[key] = votes.get(key, 0) + 1
     classes: dict[str, dict[str, Any]] = {}
     for tr in tracks.values():
         tr["mean_confidence"] = round(tr.pop("confidence_sum") / max(1, tr["detections"]), 3)
+        # A tracker may carry one track through detections of different classes: the track is
+        # the class most of its detections have (ties: the lower class id), as the pipeline's
+        # usage table (``ml_models.tracking.usage_intervals``) decides it.
+        votes = tr.pop("votes")
+        tr["class_id"], tr["class_name"] = min(votes, key=lambda k: (-votes[k], k[0]))
         c = classes.setdefault(
             tr["class_name"],
             {"class_name": tr["class_name"], "class_id": tr["class_id"], "tracks": 0, "spans": []},

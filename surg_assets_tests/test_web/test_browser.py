@@ -232,7 +232,8 @@ def test_upload_analyse_review_and_correct_a_real_clip_in_chromium(
         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n }"""
     )
     assert lit > 200, "no overlay pixels on the canvas"
-    named = set(tracks.column("class_name").to_pylist())
+    # One row per instrument the pipeline's usage table names (a track's majority class).
+    named = set(_table(site, case.id, "instrument_usage").column("class_name").to_pylist())
     shown = page.locator("#instruments tr[data-instrument]").evaluate_all(
         "rows => rows.map(r => r.dataset.instrument)"
     )
