@@ -434,3 +434,22 @@ def test_what_happens_at_a_moment(web: WebServer, ready_case: str) -> None:
     assert c.get(f"/api/cases/{ready_case}/at", params={"t": -1}).status_code == 422
     assert web.client(None).get(f"/api/cases/{ready_case}/at?t=1").status_code == 401
     web.blob_store.delete(f"processed-metadata/{ready_case}/analysis.json")
+
+
+def test_a_track_carried_through_two_classes_is_its_majority_class(tmp_path: Path) -> None:
+    # A tracker may keep one id across detections of different classes; the panel names the
+    # track as the pipeline's usage table does (the class most of its detections have).
+    from ml_models.tables import TRACKS, table_from_rows, to_parquet_bytes
+    from resources.blob_store import LocalBlobStore
+    from surg_assets_tests.test_web.helpers import boxes
+    from surg_web.perception import instrument_usage
+
+    store = LocalBlobStore(root=str(tmp_path / "lake"))
+    rows = [r for r in boxes("c1", frames=10) if r["track_id"] == 2]
+    for r in rows[:3]:  # its first three detections were taken for an irrigator
+        r["class_id"], r["class_name"] = 5, "irrigator"
+    table = table_from_rows(TRACKS, rows)
+    store.put_bytes("processed-metadata/c1/tracks.parquet", to_parquet_bytes(table))
+    usage = instrument_usage(store, "c1")
+    assert [t["class_name"] for t in usage["tracks"]] == ["hook"]
+    assert [c["class_name"] for c in usage["classes"]] == ["hook"]
