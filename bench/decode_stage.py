@@ -24,22 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+# The limit the speed bench reports, so the two benches compare against the same number.
+from pipeline_speed import decode_limit  # noqa: E402
 
 TARGET_RATIO = 1.5
-
-
-def decode_limit(video: str) -> tuple[int, float]:
-    """(frames, seconds): PyAV decoding every frame, threaded, no conversion."""
-    import av
-
-    started = time.perf_counter()
-    n = 0
-    with av.open(video) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for _ in container.decode(stream):
-            n += 1
-    return n, time.perf_counter() - started
 
 
 def decode_stage(video: str, sample_fps: float = 5.0) -> tuple[int, int, float]:
@@ -70,8 +60,9 @@ def main() -> None:
     limit, stage = [], []
     sampled = 0
     for _ in range(args.runs):
-        n, s = decode_limit(args.video)
-        limit.append(n / s)
+        lim_run = decode_limit(args.video)
+        n = lim_run["frames"]
+        limit.append(lim_run["fps"])
         d, sampled, s = decode_stage(args.video)
         if d != n:
             sys.exit(f"the stage decoded {d} frames and the limit {n}: not the same work")
