@@ -391,6 +391,16 @@ def _long_phases(durations: list[PhaseDuration], reference: dict, rules: Anomaly
     return out
 
 
+# Evidence values are scalars (the analysis schema), so a list of phases is one joined string.
+_PHASE_LIST_SEP = "; "
+
+
+def skipped_phases(anomaly: Anomaly) -> list[str]:
+    """The phases an ``unexpected_phase_order`` anomaly says the case went without."""
+    joined = str(anomaly.evidence.get("skipped_phases", ""))
+    return [name for name in joined.split(_PHASE_LIST_SEP) if name]
+
+
 def _phase_order(segments: list[PhaseSegment], reference: dict) -> list:
     # Phases every reference video went through; skipping one of them is unexpected.
     videos = reference.get("videos", 0)
@@ -425,7 +435,7 @@ def _phase_order(segments: list[PhaseSegment], reference: dict) -> list:
                 evidence={
                     "from_phase": prev.phase,
                     "to_phase": nxt.phase,
-                    "skipped_phases": "; ".join(PHASES[p] for p in skipped),
+                    "skipped_phases": _PHASE_LIST_SEP.join(PHASES[p] for p in skipped),
                 },
             )
         )

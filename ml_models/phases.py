@@ -367,8 +367,8 @@ def _progress_bins(n: int, bins: int) -> np.ndarray:
     return np.minimum((np.arange(n) * bins) // max(1, n), bins - 1)
 
 
-# Chosen on validation cases (synthetic seeds 2101-2105, 4-35 min), never on the held-out
-# seeds the figures are quoted on: see bench/phase_quality.py.
+# Chosen by a grid search on validation cases (synthetic seeds 2101-2105, 4-35 min), never on
+# the held-out seeds 2001-2005 that bench/phase_quality.py scores (BENCHMARKS.md, 2026-12-02).
 PROGRESS_WEIGHT = 1.5
 TRANSITION_WEIGHT = 3.0
 TRANSITION_FLOOR = 1e-3

@@ -23,6 +23,7 @@ from ml_models.analysis import (
     hhmmss,
     join_words,
     parse_clock,
+    skipped_phases,
 )
 from ml_models.answers import find_phases
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, OFFICIAL_PHASE_NAMES, PHASES
@@ -331,11 +332,9 @@ def check_grounding(content: ReportContent | dict, analysis: Analysis) -> Ground
         )
     a = analysis
     times = known_times(a)
+    # Phases the case went without are named by its order anomalies: a report may repeat them.
     case_phases = {p.phase for p in a.phases} | {
-        name
-        for an in a.anomalies
-        for name in str(an.evidence.get("skipped_phases", "")).split("; ")
-        if name
+        name for an in a.anomalies for name in skipped_phases(an)
     }
     case_instruments = {i.instrument: i for i in a.instruments}
     phase_rows = {(p.phase, p.start, p.end): p for p in a.phases}
