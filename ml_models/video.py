@@ -596,6 +596,42 @@ class SampledFrame:
     bgr: np.ndarray
 
 
+def may_be_sampled(t_s: float, frame_s: float, step_s: float) -> bool:
+    """Whether the picture shown at ``t_s`` can be the first at or after a sampling time.
+
+    True when a multiple of ``step_s`` lies in ``(t_s - frame_s, t_s]``: on a constant frame
+    rate grid exactly the pictures :func:`sample_frames` picks. A picture after a gap longer
+    than ``frame_s`` (variable frame rate) may be picked without passing this test, so callers
+    only use it to skip work that is otherwise repeated, never to decide what is sampled.
+    """
+    last_grid = np.floor(t_s / step_s + 1e-6) * step_s
+    return bool(last_grid > t_s - frame_s + 1e-6)
+
+
+def _decode_skipping(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    rate: float,
+    step_s: float,
+    skipping: bool,
+) -> Iterator[av.VideoFrame]:
+    """Decoded pictures in presentation order; with ``skipping``, non-reference pictures that
+    cannot be sampled are dropped by the decoder before it decodes them (FFmpeg's
+    ``skip_frame=NONREF``, set packet by packet; frame threads copy it when a packet is sent)."""
+    if not skipping:
+        yield from container.decode(stream)
+        return
+    ctx = stream.codec_context
+    frame_s = 1.0 / rate
+    for packet in container.demux(stream):
+        if packet.pts is not None and packet.time_base is not None:
+            wanted = may_be_sampled(float(packet.pts * packet.time_base), frame_s, step_s)
+            ctx.skip_frame = "DEFAULT" if wanted else "NONREF"
+        elif packet.size == 0:  # the final flush: every picture still inside counts
+            ctx.skip_frame = "DEFAULT"
+        yield from stream.decode(packet)
+
+
 def sample_frames(
     path: str | Path,
     sample_fps: float,
@@ -627,7 +663,12 @@ def sample_frames(
                 if start_s > 0:
                     container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
                 next_t = np.ceil(start_s / step - 1e-6) * step
-                for frame in container.decode(stream):
+                # Pictures no other picture is predicted from (H.264 non-reference B-frames,
+                # about half of an x264 stream) are not decoded unless they may be sampled:
+                # the decoder's work shrinks with the sampling rate, and the sampled pictures
+                # are bit-identical to a full decode. ``every_frame`` needs them all.
+                skipping = every_frame is None and sample_fps < rate
+                for frame in _decode_skipping(container, stream, rate, step, skipping):
                     if stop.is_set():
                         return
                     t = float(frame.time or 0.0)

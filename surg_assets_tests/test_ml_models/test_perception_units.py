@@ -22,7 +22,7 @@ from ml_models.frames import frames_per_second
 from ml_models.phases import CausalMSTCN, PhasePrior, decode_case, segments_from_probabilities
 from ml_models.tables import DETECTIONS, EVENTS, TRACKS, table_from_rows
 from ml_models.tracking import track_detections, usage_intervals
-from ml_models.video import sample_frames, write_sample_video
+from ml_models.video import _decode_skipping, may_be_sampled, sample_frames, write_sample_video
 
 
 def test_sampling_takes_the_requested_rate_in_a_bounded_queue(tmp_path: Path) -> None:
@@ -43,6 +43,32 @@ def test_chunks_sample_exactly_the_frames_of_a_whole_pass(tmp_path: Path) -> Non
         for f in sample_frames(video, 5.0, start_s=start, end_s=end)
     ]
     assert len(whole) == 30 and chunks == whole
+
+
+def test_only_pictures_on_the_sampling_grid_count_as_wanted() -> None:
+    frame_s, step = 1 / 25, 1 / 5
+    wanted = [k for k in range(50) if may_be_sampled(k * frame_s, frame_s, step)]
+    assert wanted == list(range(0, 50, 5))
+    # 30 fps sampled at 4 fps: the grid falls between pictures, the first one after it counts.
+    wanted = [k for k in range(30) if may_be_sampled(k / 30, 1 / 30, 0.25)]
+    assert wanted == [0, 8, 15, 23]
+
+
+def test_sampling_skips_non_reference_pictures_and_keeps_the_sampled_ones_identical(
+    tmp_path: Path,
+) -> None:
+    # x264's defaults put non-reference B-frames between the others, as recorders do.
+    video = write_sample_video(tmp_path / "v.mp4", seconds=6, fps=25)
+    with av.open(str(video)) as c:
+        s = c.streams.video[0]
+        skipped = sum(1 for _ in _decode_skipping(c, s, 25.0, 0.2, skipping=True))
+    assert 75 <= skipped < 150  # the decoder did less work, but not less than the grid needs
+    for kwargs in ({}, {"start_s": 2.1, "end_s": 4.7}):
+        fast = list(sample_frames(video, 5.0, **kwargs))
+        # every_frame forces the full decode of before.
+        full = list(sample_frames(video, 5.0, every_frame=lambda f: None, **kwargs))
+        assert [f.frame_index for f in fast] == [f.frame_index for f in full]
+        assert all(np.array_equal(a.bgr, b.bgr) for a, b in zip(fast, full, strict=True))
 
 
 def test_sampling_stops_the_decoder_when_the_consumer_stops_early(tmp_path: Path) -> None:
