@@ -3,7 +3,8 @@
 Out-of-body frames show the operating room (faces, monitors, whiteboards): they are pixelated and
 blurred beyond recognition. Burned-in recorder overlays carry the patient's name, id and dates:
 their boxes are blacked out for as long as the overlay is shown (plus a margin in space and
-time). The output is re-encoded like the normalised video, with no container metadata.
+time). Only the seconds with something to hide are encoded again (with the normaliser's
+settings); the rest is copied from the normalised video bit for bit. No container metadata.
 """
 
 from __future__ import annotations
@@ -62,15 +63,65 @@ def obliterate(bgr: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DeidResult:
-    """Counts of what was changed."""
+    """Counts of what was changed.
+
+    ``gops_copied`` one-second groups of pictures had nothing to hide and were copied from the
+    normalised video bit for bit; ``gops_reencoded`` were decoded, redacted and encoded again.
+    """
 
     frames: int
     frames_blurred: int
     frames_redacted: int
+    gops_copied: int = 0
+    gops_reencoded: int = 0
+
+
+def _encoder_options(rate: Fraction) -> dict[str, str]:
+    """x264 settings of the normalised video, so a re-encoded stretch matches what it replaces."""
+    gop = max(1, int(round(float(rate))))
+    return {
+        "preset": TRANSCODE_PRESET,
+        "crf": "23",
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+    }
 
 
 def deidentify(src: str | Path, dst: str | Path, plan: Redaction) -> DeidResult:
-    """Write the de-identified copy of a normalised video (same size, rate and keyframes)."""
+    """Write the de-identified copy of a normalised video (same size, rate and keyframes).
+
+    The normalised video is cut into closed one-second groups of pictures (GOPs). Only the GOPs
+    that hold a picture to blur or redact are decoded and encoded again, with the normaliser's
+    own x264 settings; every other GOP is copied packet for packet. On a case with little to
+    hide that skips most of a decode and an x264 encode, and the reviewers' video keeps the
+    normalised video's pictures exactly instead of losing detail to a second lossy encode. A
+    video these GOPs cannot be spliced into (not H.264 from the normaliser's settings) is
+    re-encoded whole, as before.
+    """
+    with av.open(str(src)) as probe:
+        stream = probe.streams.video[0]
+        spliceable = _spliceable(stream)
+        keyframes = _keyframe_times(probe, stream) if spliceable else []
+    if not spliceable or not keyframes:
+        return _reencode_all(src, dst, plan)
+    return _reencode_dirty_gops(src, dst, plan, keyframes)
+
+
+def _hides(plan: Redaction, t: float) -> tuple[bool, list[tuple[int, int, int, int]]]:
+    """What the plan hides in the picture shown at ``t``: blur or not, and the boxes."""
+    return any(a <= t < b for a, b in plan.blur), [box for a, b, box in plan.boxes if a <= t < b]
+
+
+def _redact(frame: av.VideoFrame, blur: bool, boxes: list) -> av.VideoFrame:
+    img = frame.to_ndarray(format="bgr24")
+    if blur:
+        img = obliterate(img)
+    for x1, y1, x2, y2 in boxes:
+        cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 0), thickness=-1)
+    return av.VideoFrame.from_ndarray(img, format="bgr24")
+
+
+def _reencode_all(src: str | Path, dst: str | Path, plan: Redaction) -> DeidResult:
+    """Decode, redact and encode every picture (any input PyAV reads)."""
     frames = blurred = redacted = 0
     with (
         av.open(str(src)) as inp,
@@ -85,30 +136,17 @@ def deidentify(src: str | Path, dst: str | Path, plan: Redaction) -> DeidResult:
             ins.codec_context.height,
             "yuv420p",
         )
-        gop = max(1, int(round(float(rate))))
-        ost.options = {
-            "preset": TRANSCODE_PRESET,
-            "crf": "23",
-            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
-        }
+        ost.options = _encoder_options(rate)
         ost.codec_context.time_base = Fraction(1) / rate
         for frame in inp.decode(ins):
-            t = float(frame.time or 0.0)
-            blur = any(a <= t < b for a, b in plan.blur)
-            boxes = [box for a, b, box in plan.boxes if a <= t < b]
+            blur, boxes = _hides(plan, float(frame.time or 0.0))
             new = frame
             # Most frames need nothing hidden: they go to the encoder as decoded, without the
             # round trip through BGR.
             if blur or boxes:
-                img = frame.to_ndarray(format="bgr24")
-                if blur:
-                    img = obliterate(img)
-                    blurred += 1
-                for x1, y1, x2, y2 in boxes:
-                    cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 0), thickness=-1)
-                if boxes:
-                    redacted += 1
-                new = av.VideoFrame.from_ndarray(img, format="bgr24")
+                new = _redact(frame, blur, boxes)
+                blurred += int(blur)
+                redacted += int(bool(boxes))
             new = new.reformat(format="yuv420p")
             new.pts = frames
             new.time_base = ost.codec_context.time_base
@@ -117,7 +155,151 @@ def deidentify(src: str | Path, dst: str | Path, plan: Redaction) -> DeidResult:
             frames += 1
         for packet in ost.encode():
             out.mux(packet)
-    return DeidResult(frames, blurred, redacted)
+    return DeidResult(frames, blurred, redacted, 0, 0)
+
+
+def _new_encoder(ins: av.VideoStream) -> av.CodecContext:
+    rate = ins.average_rate or Fraction(25)
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = (
+        ins.codec_context.width,
+        ins.codec_context.height,
+        "yuv420p",
+    )
+    enc.time_base = Fraction(1) / rate
+    enc.framerate = rate
+    enc.options = _encoder_options(rate)
+    # Parameter sets in extradata (as the MP4 muxer asks for), not repeated in the packets.
+    enc.flags |= av.codec.context.Flags.global_header
+    enc.open()
+    return enc
+
+
+def _nal_units(annexb: bytes) -> list[bytes]:
+    """NAL units of an Annex B byte stream (start-code delimited, as x264 writes them)."""
+    units = []
+    for piece in annexb.split(b"\x00\x00\x01"):
+        unit = piece.rstrip(b"\x00")  # a four-byte start code leaves a zero on the previous unit
+        if unit:
+            units.append(unit)
+    return units
+
+
+def _avcc_parameter_sets(avcc: bytes) -> list[bytes]:
+    """SPS and PPS units of an MP4 ``avcC`` record."""
+    units, pos = [], 5
+    for count_mask in (0x1F, 0xFF):
+        if pos >= len(avcc):
+            break
+        count = avcc[pos] & count_mask
+        pos += 1
+        for _ in range(count):
+            size = int.from_bytes(avcc[pos : pos + 2], "big")
+            units.append(avcc[pos + 2 : pos + 2 + size])
+            pos += 2 + size
+    return units
+
+
+def _spliceable(stream: av.VideoStream) -> bool:
+    """True if pictures encoded with the normaliser's settings can be spliced into ``stream``:
+    H.264 in MP4 form whose parameter sets are exactly what a fresh encoder writes."""
+    extradata = bytes(stream.codec_context.extradata or b"")
+    if stream.codec_context.name != "h264" or not extradata or extradata[0] != 1:
+        return False
+    try:
+        enc = _new_encoder(stream)
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return _nal_units(bytes(enc.extradata or b"")) == _avcc_parameter_sets(extradata)
+
+
+def _keyframe_times(container: av.container.InputContainer, stream: av.VideoStream) -> list[float]:
+    """Presentation times of the keyframes (packets only, nothing decoded)."""
+    times = [
+        float(p.pts * p.time_base)
+        for p in container.demux(stream)
+        if p.is_keyframe and p.pts is not None
+    ]
+    return sorted(times)
+
+
+def _reencode_dirty_gops(
+    src: str | Path, dst: str | Path, plan: Redaction, keyframes: list[float]
+) -> DeidResult:
+    import bisect
+
+    spans = [*plan.blur, *((a, b) for a, b, _ in plan.boxes)]
+    ends = [*keyframes[1:], float("inf")]
+    dirty = [
+        any(a < end and b > start for a, b in spans)
+        for start, end in zip(keyframes, ends, strict=True)
+    ]
+    frames = blurred = redacted = copied = reencoded = 0
+    with (
+        av.open(str(src)) as inp,
+        av.open(str(dst), "w", format="mp4", container_options={"movflags": "+faststart"}) as out,
+    ):
+        ins = inp.streams.video[0]
+        ins.thread_type = "AUTO"
+        ost = out.add_stream_from_template(ins)
+        decoder = ins.codec_context
+        encoder: av.CodecContext | None = None
+
+        def mux_encoded(packets: list[av.Packet]) -> None:
+            for packet in packets:
+                # x264 writes Annex B; the MP4 stream (copied from the source) is length-prefixed.
+                data = b"".join(len(u).to_bytes(4, "big") + u for u in _nal_units(bytes(packet)))
+                converted = av.Packet(data)
+                converted.pts, converted.dts = packet.pts, packet.dts
+                converted.time_base = packet.time_base
+                converted.is_keyframe = packet.is_keyframe
+                converted.stream = ost
+                out.mux(converted)
+
+        def encode(frame: av.VideoFrame) -> None:
+            nonlocal frames, blurred, redacted
+            t = float(frame.pts * ins.time_base)
+            blur, boxes = _hides(plan, t)
+            new = _redact(frame, blur, boxes) if blur or boxes else frame
+            blurred += int(blur)
+            redacted += int(bool(boxes))
+            new = new.reformat(format="yuv420p")
+            new.pts = int(round(t / float(encoder.time_base)))
+            new.time_base = encoder.time_base
+            mux_encoded(encoder.encode(new))
+            frames += 1
+
+        def finish_dirty_run() -> None:
+            # The run's pictures must be out before the next copied GOP: drain the decoder and
+            # the encoder, then reset the decoder for the next run (which starts on a keyframe).
+            nonlocal encoder
+            if encoder is None:
+                return
+            for frame in decoder.decode(None):
+                encode(frame)
+            mux_encoded(encoder.encode(None))
+            encoder = None
+            decoder.flush_buffers()
+
+        for packet in inp.demux(ins):
+            if packet.pts is None or packet.size == 0:
+                continue
+            gop = bisect.bisect_right(keyframes, float(packet.pts * packet.time_base) + 1e-9) - 1
+            if packet.is_keyframe:
+                copied += int(not dirty[max(gop, 0)])
+                reencoded += int(dirty[max(gop, 0)])
+            if gop >= 0 and dirty[gop]:
+                if encoder is None:
+                    encoder = _new_encoder(ins)
+                for frame in decoder.decode(packet):
+                    encode(frame)
+            else:
+                finish_dirty_run()
+                packet.stream = ost
+                out.mux(packet)
+                frames += 1
+        finish_dirty_run()
+    return DeidResult(frames, blurred, redacted, copied, reencoded)
 
 
 def sharpness(bgr: np.ndarray) -> float:

@@ -66,6 +66,9 @@ def deidentified_video(
             "frames": result.frames,
             "frames_blurred": result.frames_blurred,
             "frames_text_redacted": result.frames_redacted,
+            # Seconds with nothing to hide are copied bit for bit from the normalised video.
+            "gops_copied": result.gops_copied,
+            "gops_reencoded": result.gops_reencoded,
             "blur_intervals": len(plan.blur),
             "text_boxes": len(plan.boxes),
         }
