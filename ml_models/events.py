@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -315,21 +316,66 @@ def _intervals(
     return events
 
 
-def scene_cuts(video: str | Path, threshold: float = 27.0) -> list[Event]:
-    """Hard cuts found by PySceneDetect's ContentDetector (PyAV backend, downscaled)."""
-    from scenedetect import ContentDetector, SceneManager, open_video
+class SceneCuts:
+    """Hard cuts found by PySceneDetect's ContentDetector, fed from a decode that is already
+    running (every picture, in presentation order), so finding cuts costs no decode of its own.
 
-    stream = open_video(str(video), backend="pyav")
-    manager = SceneManager()
-    manager.auto_downscale = True
-    manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=5))
-    manager.detect_scenes(stream, show_progress=False)
-    av.logging.set_level(None)  # PySceneDetect turns FFmpeg's logging on; keep stderr quiet
-    fps = float(stream.frame_rate)
-    return [
-        Event("scene_cut", cut.get_seconds(), cut.get_seconds() + 1.0 / fps, 1.0)
-        for cut in manager.get_cut_list()
-    ]
+    The pictures reach the detector as PySceneDetect's ``SceneManager`` prepares them (BGR,
+    downscaled by its automatic factor with linear interpolation, positions from the
+    presentation time relative to the stream's start), so the cuts are the ones it finds reading
+    the file itself (a test holds the two to the same list).
+    """
+
+    def __init__(self, stream: av.VideoStream, threshold: float = 27.0) -> None:
+        from scenedetect import ContentDetector
+        from scenedetect.scene_manager import compute_downscale_factor
+
+        self.detector = ContentDetector(threshold=threshold, min_scene_len=5)
+        self.rate = Fraction(stream.guessed_rate or stream.average_rate or 25)
+        self.factor = compute_downscale_factor(stream.codec_context.width)
+        self.start_pts = stream.start_time or 0
+        self.stream_time_base = stream.time_base
+        self.cuts: list = []
+        self.last = None
+
+    def add(self, frame: av.VideoFrame) -> None:
+        """Account for one decoded picture."""
+        from scenedetect.common import FrameTimecode, Timecode
+
+        if frame.pts is None or not frame.time_base:
+            return
+        img = frame.to_ndarray(format="bgr24")
+        if self.factor > 1.0:
+            h, w = img.shape[:2]
+            size = (max(1, round(w / self.factor)), max(1, round(h / self.factor)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+        start = self.start_pts
+        if start and self.stream_time_base != frame.time_base:
+            start = int(start * Fraction(self.stream_time_base) / Fraction(frame.time_base))
+        timecode = Timecode(pts=frame.pts - start, time_base=Fraction(frame.time_base))
+        self.last = FrameTimecode(timecode=timecode, fps=self.rate)
+        self.cuts += self.detector.process_frame(self.last, img)
+
+    def finish(self) -> list[Event]:
+        """Every cut (one frame long), in time order."""
+        if self.last is not None:
+            self.cuts += self.detector.post_process(self.last)
+        frame_s = 1.0 / float(self.rate)
+        return [
+            Event("scene_cut", cut.seconds, cut.seconds + frame_s, 1.0)
+            for cut in sorted(set(self.cuts))
+        ]
+
+
+def scene_cuts(video: str | Path, threshold: float = 27.0) -> list[Event]:
+    """Hard cuts of a whole video (:class:`SceneCuts` over one decode of it)."""
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        cuts = SceneCuts(stream, threshold)
+        for frame in container.decode(stream):
+            cuts.add(frame)
+    return cuts.finish()
 
 
 # Probability above which a frame is out-of-body. Calibrated on frames no model was trained on:
@@ -405,12 +451,21 @@ def scan_video(
     sample_fps: float = 2.0,
     cut_threshold: float = 27.0,
 ) -> EventScan:
-    """Find every event kind in a video (one sampled pass plus PySceneDetect's pass)."""
+    """Find every event kind in a video in one decode: every picture for black runs and scene
+    cuts, ``sample_fps`` of them for colour bars, out-of-body scenes and burned-in text."""
     times, black, bars, prepared = [], [], [], []
     text = TextPersistence(window=max(3, int(4 * sample_fps)))
     text_hits: list[tuple[float, list[tuple[int, int, int, int]]]] = []
     black_runs = BlackRuns()
-    for frame in sample_frames(video, sample_fps, every_frame=black_runs.add):
+    with av.open(str(video)) as container:
+        cuts = SceneCuts(container.streams.video[0], cut_threshold)
+
+    def every_frame(frame: av.VideoFrame) -> None:
+        # Black runs and cuts need every picture: both ride on the sampling pass's decode.
+        black_runs.add(frame)
+        cuts.add(frame)
+
+    for frame in sample_frames(video, sample_fps, every_frame=every_frame):
         times.append(frame.t_s)
         black.append(black_score(frame.bgr))
         bars.append(colour_bars_score(frame.bgr))
@@ -425,7 +480,7 @@ def scan_video(
         oob = out_of_body.scores(np.stack(prepared), np.asarray(black), np.asarray(bars))
         scan.events += _intervals("out_of_body", t, oob, step, out_of_body.threshold)
     scan.events += _text_events(text_hits, step, text.window)
-    scan.events += scene_cuts(video, cut_threshold)
+    scan.events += cuts.finish()
     scan.events.sort(key=lambda e: (e.start_s, e.kind))
     return scan
 
