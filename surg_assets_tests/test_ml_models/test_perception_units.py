@@ -305,29 +305,57 @@ def test_scene_cut_found_at_the_cut(tmp_path: Path) -> None:
     assert json.loads(table.to_pandas().to_json())  # serialisable for the web app
 
 
-def test_onnx_runtime_gives_the_detections_of_torch(
-    tiny_models: dict[str, Path], synthetic_case: Path, tmp_path: Path
+def test_cuts_from_the_shared_decode_are_pyscenedetects_own(
+    synthetic_case: Path, tmp_path: Path
 ) -> None:
-    from ml_models.detector import detect_video, load_model
+    from scenedetect import ContentDetector, SceneManager, open_video
 
+    from ml_models.events import scan_video
+
+    cut = tmp_path / "cut.mp4"
+    _video_with_a_cut(cut)
+    for video in (cut, synthetic_case / "video.mp4"):
+        stream = open_video(str(video), backend="pyav")
+        manager = SceneManager()
+        manager.auto_downscale = True
+        manager.add_detector(ContentDetector(threshold=27.0, min_scene_len=5))
+        manager.detect_scenes(stream, show_progress=False)
+        own = [round(c.seconds, 4) for c in manager.get_cut_list()]
+        scan = scan_video(video, None)
+        shared = [round(e.start_s, 4) for e in scan.events if e.kind == "scene_cut"]
+        assert shared == own and own, video.name
+
+
+def test_onnx_runtime_gives_the_detections_of_torch(synthetic_case: Path, tmp_path: Path) -> None:
+    from ml_models.detector import detect_video, load_model
+    from surg_assets.models import default_weights_file
+
+    # The shipped default detector: its scores spread out, unlike a one-epoch model's (all one
+    # value), so which boxes each runtime keeps is decided by the model, not by float noise.
+    weights = default_weights_file("instrument_detector")
     video = synthetic_case / "video.mp4"
     tables = {}
     for runtime in ("torch", "onnx"):
-        model = load_model(tiny_models["instrument_detector"], runtime, 320, tmp_path / "onnx")
+        model = load_model(weights, runtime, 320, tmp_path / "onnx")
         tables[runtime], _ = detect_video(
-            model, video, "c1", "v", sample_fps=1.0, imgsz=320, conf=0.001, end_s=8.0
+            model, video, "c1", "v", sample_fps=5.0, imgsz=320, conf=0.05, end_s=8.0
         )
     a, b = (tables[r].to_pandas().sort_values(["frame_index", "confidence"]) for r in tables)
-    assert len(a) > 0 and list((tmp_path / "onnx").glob("*.onnx"))
-    # Near the confidence threshold float differences flip a few boxes; the confident ones agree.
-    assert abs(len(a) - len(b)) <= max(3, len(a) // 7)
+    assert list((tmp_path / "onnx").glob("*.onnx"))
+    # Near the 0.05 threshold float differences may flip a box in or out. Every box clearly
+    # above it must be found by the other runtime, at the same place with the same score, both
+    # ways round.
     boxes = ["x1", "y1", "x2", "y2"]
-    for row in a.nlargest(min(len(a), 20), "confidence").itertuples():
-        same = b[(b.frame_index == row.frame_index) & (b.class_id == row.class_id)]
-        gaps = np.abs(same[boxes].to_numpy() - np.array([row.x1, row.y1, row.x2, row.y2]))
-        best = gaps.max(axis=1).argmin()
-        assert gaps[best].max() < 2.0  # pixels
-        assert abs(same.confidence.iloc[best] - row.confidence) < 0.01
+    for one, other in ((a, b), (b, a)):
+        confident = one[one.confidence >= 0.1]
+        assert len(confident) >= 5
+        for row in confident.itertuples():
+            same = other[(other.frame_index == row.frame_index) & (other.class_id == row.class_id)]
+            assert len(same), f"a box at frame {row.frame_index} is missing in one runtime"
+            gaps = np.abs(same[boxes].to_numpy() - np.array([row.x1, row.y1, row.x2, row.y2]))
+            best = gaps.max(axis=1).argmin()
+            assert gaps[best].max() < 2.0  # pixels
+            assert abs(same.confidence.iloc[best] - row.confidence) < 0.01
 
 
 def test_phase_corpus_frames_match_the_video_the_pipeline_would_decode(tmp_path: Path) -> None:
