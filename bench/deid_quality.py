@@ -120,14 +120,13 @@ def main() -> None:
     parser.add_argument("--size", default="854x480", help="frame size WxH of the rendered case")
     parser.add_argument("--case", type=Path, help="an existing `surg synth` folder to reuse")
     args = parser.parse_args()
-    from ml_models.synthetic import generate
+    from _cases import held_out_case
 
     with tempfile.TemporaryDirectory() as tmp:
         case = args.case
         if case is None:
-            case = Path(tmp) / "case"
             width, height = (int(v) for v in args.size.lower().split("x"))
-            generate(case, minutes=args.minutes, seed=args.seed, size=(width, height))
+            case = held_out_case(args.minutes, args.seed, (width, height))
         summary = json.loads((case / "summary.json").read_text())
         figures = measure(case, Path(tmp))
     clips = sorted((REPO.parent / "shared/data/cholec80-clips/clips").glob("*.mp4"))

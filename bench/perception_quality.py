@@ -16,7 +16,6 @@ import csv
 import json
 import platform
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,16 +164,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=2001)
     args = parser.parse_args()
-    from ml_models.synthetic import generate
+    from _cases import held_out_case
 
     models = {
         "detector": load_model(default_weights_file("instrument_detector")),
         "phases": PhaseModel.load(default_weights_file("phase_model")),
         "oob": OutOfBodyClassifier.load(default_weights_file("out_of_body_model")),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(tmp, minutes=args.minutes, seed=args.seed)
-        figures = synthetic_figures(Path(tmp), models)
+    figures = synthetic_figures(held_out_case(args.minutes, args.seed), models)
     figures.update(real_clip_figures(models))
     print(json.dumps(figures, indent=1, default=float))
     lines = [
