@@ -321,24 +321,22 @@ def residual_identifiers(
     Returns:
         One sentence per problem (empty when the video is clean).
     """
-    from ml_models.events import TextPersistence, black_score, colour_bars_score
-    from ml_models.frames import prepare
+    from ml_models.events import OutOfBodyScores, TextPersistence, black_score, colour_bars_score
     from ml_models.video import sample_frames
 
     problems: list[str] = []
     text = TextPersistence(window=max(3, int(4 * sample_fps)))
-    times, prepared, sharp, black, bars = [], [], [], [], []
+    times, sharp = [], []
+    oob_scores = OutOfBodyScores(out_of_body)
     for frame in sample_frames(video, sample_fps):
         boxes = text.update(frame.bgr)
         if boxes:
             problems.append(f"burned-in text survives at {frame.t_s:.1f} s (box {boxes[0]})")
         times.append(frame.t_s)
-        prepared.append(prepare(frame.bgr))
         sharp.append(sharpness(frame.bgr))
-        black.append(black_score(frame.bgr))
-        bars.append(colour_bars_score(frame.bgr))
-    if out_of_body is not None and prepared:
-        scores = out_of_body.scores(np.stack(prepared), np.asarray(black), np.asarray(bars))
+        oob_scores.add(frame.bgr, black_score(frame.bgr), colour_bars_score(frame.bgr))
+    scores = oob_scores.finish()
+    if out_of_body is not None and len(scores):
         for t, score, s in zip(times, scores, sharp, strict=True):
             if score >= out_of_body.threshold and s > max_sharpness:
                 problems.append(f"an out-of-body frame at {t:.1f} s is not blurred")

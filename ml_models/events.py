@@ -437,6 +437,41 @@ class OutOfBodyClassifier:
         return p
 
 
+class OutOfBodyScores:
+    """Out-of-body scores of sampled frames, computed a batch at a time while the video is
+    decoded: only one batch of prepared frames is held (27 kB each), not the whole case's
+    (100 MB at 2 fps for 30 minutes, twice that while stacked). The batches are
+    :func:`ml_models.frames.predict_proba`'s own, so the scores are those of one whole pass."""
+
+    def __init__(self, model: OutOfBodyClassifier | None, batch_size: int = 256) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self._pending: tuple[list, list, list] = ([], [], [])
+        self._scores: list[np.ndarray] = []
+
+    def add(self, bgr: np.ndarray, black: float, bars: float) -> None:
+        """Account for one sampled frame (with its black and colour-bar scores)."""
+        if self.model is None:
+            return
+        for held, value in zip(self._pending, (prepare(bgr), black, bars), strict=True):
+            held.append(value)
+        if len(self._pending[0]) >= self.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        images, black, bars = self._pending
+        if images:
+            self._scores.append(
+                self.model.scores(np.stack(images), np.asarray(black), np.asarray(bars))
+            )
+        self._pending = ([], [], [])
+
+    def finish(self) -> np.ndarray:
+        """Every frame's score, in the order added (empty without a model)."""
+        self._flush()
+        return np.concatenate(self._scores) if self._scores else np.zeros(0)
+
+
 @dataclass
 class EventScan:
     """Everything one pass over the sampled frames found."""
@@ -453,7 +488,8 @@ def scan_video(
 ) -> EventScan:
     """Find every event kind in a video in one decode: every picture for black runs and scene
     cuts, ``sample_fps`` of them for colour bars, out-of-body scenes and burned-in text."""
-    times, black, bars, prepared = [], [], [], []
+    times, bars = [], []
+    oob_scores = OutOfBodyScores(out_of_body)
     text = TextPersistence(window=max(3, int(4 * sample_fps)))
     text_hits: list[tuple[float, list[tuple[int, int, int, int]]]] = []
     black_runs = BlackRuns()
@@ -467,17 +503,16 @@ def scan_video(
 
     for frame in sample_frames(video, sample_fps, every_frame=every_frame):
         times.append(frame.t_s)
-        black.append(black_score(frame.bgr))
         bars.append(colour_bars_score(frame.bgr))
-        prepared.append(prepare(frame.bgr))
+        oob_scores.add(frame.bgr, black_score(frame.bgr), bars[-1])
         text_hits.append((frame.t_s, text.update(frame.bgr)))
     t = np.asarray(times)
     step = 1.0 / sample_fps
     scan = EventScan(frames=len(times))
     scan.events += black_runs.finish()
     scan.events += _intervals("colour_bars", t, np.asarray(bars), step)
-    if out_of_body is not None and prepared:
-        oob = out_of_body.scores(np.stack(prepared), np.asarray(black), np.asarray(bars))
+    oob = oob_scores.finish()
+    if out_of_body is not None and len(oob):
         scan.events += _intervals("out_of_body", t, oob, step, out_of_body.threshold)
     scan.events += _text_events(text_hits, step, text.window)
     scan.events += cuts.finish()

@@ -86,3 +86,26 @@ def test_the_trocar_view_of_a_real_clip_is_not_out_of_body() -> None:
     classifier = OutOfBodyClassifier.load(default_weights_file("out_of_body_model"))
     scan = scan_video(clips[0], classifier)
     assert [e for e in scan.events if e.kind == "out_of_body"] == []
+
+
+def test_out_of_body_scores_streamed_in_batches_equal_one_pass(synthetic_case: Path) -> None:
+    from ml_models.events import OutOfBodyScores, colour_bars_score
+    from ml_models.frames import prepare
+    from ml_models.video import sample_frames
+
+    model = OutOfBodyClassifier.load(default_weights_file("out_of_body_model"))
+    frames = [f.bgr for f in sample_frames(synthetic_case / "video.mp4", 2.0)]
+    black = [black_score(f) for f in frames]
+    bars = [colour_bars_score(f) for f in frames]
+    images = np.stack([prepare(f) for f in frames])
+    whole = model.scores(images, np.asarray(black), np.asarray(bars))
+    streamed = OutOfBodyScores(model, batch_size=7)
+    held = 0
+    for f, b, c in zip(frames, black, bars, strict=True):
+        streamed.add(f, b, c)
+        held = max(held, len(streamed._pending[0]))
+    scores = streamed.finish()
+    assert held < 7 and len(frames) > 7  # never more than a batch of prepared frames kept
+    assert scores.shape == whole.shape and np.allclose(scores, whole, atol=1e-5)
+    assert (whole >= model.threshold).any() and (whole < model.threshold).any()
+    assert len(OutOfBodyScores(None).finish()) == 0
