@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ml_models.events import Event, OutOfBodyClassifier
-from ml_models.video import TRANSCODE_PRESET
+from ml_models.video import normalised_encoder_options
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,6 @@ class DeidResult:
     gops_reencoded: int = 0
 
 
-def _encoder_options(rate: Fraction) -> dict[str, str]:
-    """x264 settings of the normalised video, so a re-encoded stretch matches what it replaces."""
-    gop = max(1, int(round(float(rate))))
-    return {
-        "preset": TRANSCODE_PRESET,
-        "crf": "23",
-        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
-    }
-
-
 def deidentify(src: str | Path, dst: str | Path, plan: Redaction) -> DeidResult:
     """Write the de-identified copy of a normalised video (same size, rate and keyframes).
 
@@ -136,7 +126,7 @@ def _reencode_all(src: str | Path, dst: str | Path, plan: Redaction) -> DeidResu
             ins.codec_context.height,
             "yuv420p",
         )
-        ost.options = _encoder_options(rate)
+        ost.options = normalised_encoder_options(rate)
         ost.codec_context.time_base = Fraction(1) / rate
         for frame in inp.decode(ins):
             blur, boxes = _hides(plan, float(frame.time or 0.0))
@@ -168,7 +158,7 @@ def _new_encoder(ins: av.VideoStream) -> av.CodecContext:
     )
     enc.time_base = Fraction(1) / rate
     enc.framerate = rate
-    enc.options = _encoder_options(rate)
+    enc.options = normalised_encoder_options(rate)
     # Parameter sets in extradata (as the MP4 muxer asks for), not repeated in the packets.
     enc.flags |= av.codec.context.Flags.global_header
     enc.open()

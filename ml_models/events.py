@@ -328,8 +328,12 @@ class SceneCuts:
 
     def __init__(self, stream: av.VideoStream, threshold: float = 27.0) -> None:
         from scenedetect import ContentDetector
+        from scenedetect.common import FrameTimecode, Timecode
         from scenedetect.scene_manager import compute_downscale_factor
 
+        self._timecode = lambda pts, tb: FrameTimecode(
+            timecode=Timecode(pts=pts, time_base=tb), fps=self.rate
+        )
         self.detector = ContentDetector(threshold=threshold, min_scene_len=5)
         self.rate = Fraction(stream.guessed_rate or stream.average_rate or 25)
         self.factor = compute_downscale_factor(stream.codec_context.width)
@@ -340,8 +344,6 @@ class SceneCuts:
 
     def add(self, frame: av.VideoFrame) -> None:
         """Account for one decoded picture."""
-        from scenedetect.common import FrameTimecode, Timecode
-
         if frame.pts is None or not frame.time_base:
             return
         img = frame.to_ndarray(format="bgr24")
@@ -352,8 +354,7 @@ class SceneCuts:
         start = self.start_pts
         if start and self.stream_time_base != frame.time_base:
             start = int(start * Fraction(self.stream_time_base) / Fraction(frame.time_base))
-        timecode = Timecode(pts=frame.pts - start, time_base=Fraction(frame.time_base))
-        self.last = FrameTimecode(timecode=timecode, fps=self.rate)
+        self.last = self._timecode(frame.pts - start, Fraction(frame.time_base))
         self.cuts += self.detector.process_frame(self.last, img)
 
     def finish(self) -> list[Event]:

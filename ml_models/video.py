@@ -343,6 +343,19 @@ class TranscodeResult:
 TRANSCODE_PRESET = "superfast"
 
 
+def normalised_encoder_options(rate: Fraction) -> dict[str, str]:
+    """x264 options of the normalised video: the transcode writes with them, and
+    de-identification re-encodes with them the stretches it splices back into that video (the
+    splice needs the very same parameter sets, so there is one definition)."""
+    gop = max(1, int(round(float(rate))))
+    return {
+        "preset": TRANSCODE_PRESET,
+        "crf": "23",
+        # A closed GOP of exactly one second: every second is a clean seek point.
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+    }
+
+
 def transcode(
     src: str | Path,
     dst: str | Path,
@@ -388,12 +401,7 @@ def transcode(
         ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
         gop = max(1, int(round(float(rate))))
         ost.codec_context.gop_size = gop
-        ost.options = {
-            "preset": TRANSCODE_PRESET,
-            "crf": "23",
-            # A closed GOP of exactly one second: every second is a clean seek point.
-            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
-        }
+        ost.options = normalised_encoder_options(rate)
         ost.codec_context.time_base = 1 / rate
         t0: float | None = None
         next_slot = 0
