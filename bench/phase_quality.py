@@ -51,12 +51,12 @@ def main() -> None:
     model = PhaseModel.load(path)
     started = time.perf_counter()
     rows = []
-    for (seed, minutes), (images, labels) in zip(
+    for (seed, minutes), case in zip(
         HELD_OUT,
         render_phase_cases([s for s, _ in HELD_OUT], [m for _, m in HELD_OUT]),
         strict=True,
     ):
-        acc, jac = score(model, images, labels)
+        acc, jac = score(model, case.images, case.labels)
         rows.append((seed, minutes, acc, jac))
         print(f"seed {seed} ({minutes:g} min): frame accuracy {acc:.3f}, mean Jaccard {jac:.3f}")
     mean_acc = float(np.mean([r[2] for r in rows]))

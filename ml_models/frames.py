@@ -21,9 +21,15 @@ FRAME_SIZE = 96
 
 
 class FrameCNN(nn.Module):
-    """Four conv blocks -> a ``feature_dim`` embedding -> ``n_classes`` logits."""
+    """Four conv blocks -> a ``feature_dim`` embedding -> ``n_classes`` logits.
 
-    def __init__(self, n_classes: int, feature_dim: int = 64) -> None:
+    With ``n_tools`` > 0 a second head predicts which instruments are in view (multi-label),
+    trained beside the classes as in EndoNet and TeCNO: phases that look alike (clipping and
+    dissection, cleaning and retraction) differ mostly in the instruments used, and a
+    tool-presence target makes the embedding notice them.
+    """
+
+    def __init__(self, n_classes: int, feature_dim: int = 64, n_tools: int = 0) -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
@@ -39,7 +45,9 @@ class FrameCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )  # fmt: skip
         self.head = nn.Linear(feature_dim, n_classes)
+        self.tool_head = nn.Linear(feature_dim, n_tools) if n_tools > 0 else None
         self.feature_dim = feature_dim
+        self.n_tools = n_tools
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Frame embeddings (N, feature_dim)."""
@@ -89,8 +97,16 @@ def train_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     augment: bool = True,
+    tools: np.ndarray | None = None,
 ) -> list[float]:
-    """Train a FrameCNN on prepared images; return the loss per epoch."""
+    """Train a FrameCNN on prepared images; return the loss per epoch.
+
+    ``tools`` (N, ``model.n_tools``) of 0/1 trains the tool-presence head too (binary cross-
+    entropy added to the class loss).
+    """
+    shape = (len(images), model.n_tools)
+    if tools is not None and (model.tool_head is None or tools.shape != shape):
+        raise ValueError("tools must be (N, n_tools) for a FrameCNN built with n_tools")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -101,6 +117,7 @@ def train_classifier(
         dtype=torch.float32,
     )
     loss_fn = nn.CrossEntropyLoss(weight=weights)
+    tool_loss = nn.BCEWithLogitsLoss()
     history = []
     model.train()
     for _ in range(epochs):
@@ -111,7 +128,11 @@ def train_classifier(
                 x = _augment(x, rng)
             y = torch.from_numpy(labels[idx]).long()
             opt.zero_grad()
-            loss = loss_fn(model(x), y)
+            emb = model.embed(x)
+            loss = loss_fn(model.head(emb), y)
+            if tools is not None:
+                target = torch.from_numpy(tools[idx].astype(np.float32))
+                loss = loss + tool_loss(model.tool_head(emb), target)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)

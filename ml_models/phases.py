@@ -99,6 +99,7 @@ class PhaseModel:
                 "phases": self.phases,
                 "sample_fps": self.sample_fps,
                 "feature_dim": self.encoder.feature_dim,
+                "n_tools": self.encoder.n_tools,
                 "encoder": self.encoder.state_dict(),
                 "temporal": self.temporal.state_dict(),
                 "stages": len(self.temporal.stages),
@@ -119,7 +120,7 @@ class PhaseModel:
         if not isinstance(blob, dict) or blob.get("kind") != "surg-phase-model":
             raise InputError("the phase model file is not a surg phase model; retrain it.")
         n = len(blob["phases"])
-        encoder = FrameCNN(n, blob["feature_dim"])
+        encoder = FrameCNN(n, blob["feature_dim"], blob.get("n_tools", 0))
         encoder.load_state_dict(blob["encoder"])
         temporal = CausalMSTCN(
             blob["feature_dim"], n, stages=blob["stages"], layers=blob.get("layers", 8)
@@ -183,6 +184,7 @@ def train_phase_model(
     log: Any = None,
     encoder_frames: int | None = None,
     layers: int = 8,
+    tools: list[np.ndarray] | None = None,
 ) -> PhaseModel:
     """Train both stages.
 
@@ -199,17 +201,26 @@ def train_phase_model(
             The temporal model always sees every second.
         layers: Dilated layers per TCN stage; the receptive field is about ``2**(layers+1)``
             seconds, which must span a long phase (Cholec80 medians reach 16 minutes).
+        tools: Optional instrument presence per video, ``(seconds, n_tools)`` of 0/1 aligned
+            with its labels; the frame encoder then learns tool presence beside the phase
+            (multi-task), which the temporal model sees through the shared embedding.
     """
     torch.manual_seed(seed)
     n = len(phases)
+    if tools is not None and [len(t) for t in tools] != [len(v[1]) for v in videos]:
+        raise InputError("tool presence must have one row per labelled second of each video.")
     all_images = np.concatenate([v[0] for v in videos])
     all_labels = np.concatenate([v[1] for v in videos]).astype(np.int64)
+    all_tools = np.concatenate(tools) if tools is not None else None
     if encoder_frames is not None and len(all_labels) > encoder_frames:
         keep = np.linspace(0, len(all_labels) - 1, encoder_frames).round().astype(int)
         all_images, all_labels = all_images[keep], all_labels[keep]
-    encoder = FrameCNN(n)
+        all_tools = all_tools[keep] if all_tools is not None else None
+    encoder = FrameCNN(n, n_tools=all_tools.shape[1] if all_tools is not None else 0)
     started = time.perf_counter()
-    train_classifier(encoder, all_images, all_labels, epochs=encoder_epochs, seed=seed)
+    train_classifier(
+        encoder, all_images, all_labels, epochs=encoder_epochs, seed=seed, tools=all_tools
+    )
     if log:
         log(f"frame encoder trained in {time.perf_counter() - started:.0f} s")
     feats = [embed_images(encoder, imgs) for imgs, _ in videos]

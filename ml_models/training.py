@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_models.formats.cholec import load_cholec80_phases
+from ml_models.formats.cholec import load_cholec80_phases, load_cholec80_tools
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
 
@@ -59,6 +59,19 @@ def phase_labels_at(case_dir: Path, times: np.ndarray) -> np.ndarray:
     return labels
 
 
+def tool_presence_at(case_dir: Path, times: np.ndarray) -> np.ndarray | None:
+    """Instrument presence at each time, ``(len(times), len(INSTRUMENT_CLASSES))`` of 0/1, from
+    a case's Cholec80-style ``tool.txt``; None when the case has no tool file."""
+    if not (case_dir / "tool.txt").is_file():
+        return None
+    fps = float(json.loads((case_dir / "summary.json").read_text())["fps"])
+    flags = np.zeros((len(times), len(INSTRUMENT_CLASSES)), np.int64)
+    frames = np.round(times * fps).astype(int)
+    for a in load_cholec80_tools(case_dir / "tool.txt", fps=fps).annotations:
+        flags[(frames >= a.frame_index) & (frames < a.end_frame), a.class_id] = 1
+    return flags
+
+
 def interval_flags(case_dir: Path, kind: str, times: np.ndarray) -> np.ndarray:
     """1 where ``times`` fall inside an ``events.json`` interval of ``kind``."""
     events = json.loads((case_dir / "events.json").read_text())["events"]
@@ -67,6 +80,15 @@ def interval_flags(case_dir: Path, kind: str, times: np.ndarray) -> np.ndarray:
         if e["kind"] == kind:
             flags[(times >= e["start_s"]) & (times < e["end_s"])] = 1
     return flags
+
+
+@dataclass
+class PhaseCase:
+    """A case rendered at 1 fps for the phase model."""
+
+    images: np.ndarray  # (seconds, S, S, 3) prepared frames
+    labels: np.ndarray  # (seconds,) phase ids
+    tools: np.ndarray  # (seconds, len(INSTRUMENT_CLASSES)) 0/1 instrument presence
 
 
 @dataclass
@@ -175,8 +197,9 @@ def render_phase_cases(
     size: tuple[int, int] = (854, 480),
     fps: int = 25,
     log: Log | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Render synthetic cases straight at 1 fps for the phase model: (prepared frames, phase ids).
+) -> list[PhaseCase]:
+    """Render synthetic cases straight at 1 fps for the phase model: prepared frames, phase ids
+    and instrument presence (the instruments the renderer drew in each frame).
 
     The phase model sees one frame per second, so rendering and encoding the other frames of
     each second would be wasted work (about 25x); that is what makes dozens of full-length
@@ -192,12 +215,14 @@ def render_phase_cases(
         started = time.perf_counter()
         case = SyntheticCase(mins * 60, seed, size, fps)
         images, labels = [], []
-        for frame in range(0, case.n_frames, fps):
+        tools = np.zeros((len(range(0, case.n_frames, fps)), len(INSTRUMENT_CLASSES)), np.int64)
+        for k, frame in enumerate(range(0, case.n_frames, fps)):
             img, truth = case.render(frame)
             ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60])
             images.append(prepare(cv2.imdecode(jpeg, cv2.IMREAD_COLOR) if ok else img))
             labels.append(truth.phase_id)
-        out.append((np.stack(images), np.asarray(labels, np.int64)))
+            tools[k, [i.class_id for i in truth.instruments]] = 1
+        out.append(PhaseCase(np.stack(images), np.asarray(labels, np.int64), tools))
         if log:
             took = time.perf_counter() - started
             log(f"phase case seed {seed}: {mins:.1f} min at 1 fps rendered in {took:.0f} s")
@@ -205,7 +230,7 @@ def render_phase_cases(
 
 
 def train_phases(
-    cases: list[CaseFrames] | list[tuple[np.ndarray, np.ndarray]],
+    cases: list[CaseFrames] | list[PhaseCase],
     out: Path,
     encoder_epochs: int = 6,
     temporal_epochs: int = 60,
@@ -215,15 +240,20 @@ def train_phases(
 ) -> tuple[Path, dict[str, float]]:
     """Train the two-stage phase model on whole synthetic cases.
 
-    ``cases`` are decoded synthetic cases, or ``(frames, phase ids)`` pairs from
-    :func:`render_phase_cases`.
+    ``cases`` are decoded synthetic cases, or cases from :func:`render_phase_cases`. When
+    every case knows its instrument presence (a ``tool.txt``, or rendered), the frame encoder
+    learns it beside the phase.
     """
     from ml_models.phases import train_phase_model
 
-    videos = [
-        (c.images, phase_labels_at(c.case_dir, c.times)) if isinstance(c, CaseFrames) else c
-        for c in cases
-    ]
+    videos, tools = [], []
+    for c in cases:
+        if isinstance(c, CaseFrames):
+            videos.append((c.images, phase_labels_at(c.case_dir, c.times)))
+            tools.append(tool_presence_at(c.case_dir, c.times))
+        else:
+            videos.append((c.images, c.labels))
+            tools.append(c.tools)
     model = train_phase_model(
         videos,
         list(PHASES),
@@ -232,6 +262,7 @@ def train_phases(
         encoder_frames=encoder_frames,
         layers=layers,
         log=log,
+        tools=tools if all(t is not None for t in tools) else None,
     )
     acc = float(
         np.mean(

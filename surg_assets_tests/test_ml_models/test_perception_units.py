@@ -8,9 +8,12 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
+from ml_models import tracking
+from ml_models.errors import InputError
 from ml_models.events import (
     TextPersistence,
     black_score,
@@ -133,6 +136,52 @@ def test_tracks_are_stable_through_an_occlusion(tracker: str) -> None:
     assert (usage["start_s"] == 0).all() and np.allclose(usage["end_s"], 8.0)
     short_gap = usage_intervals(tracks, 5.0, max_gap_s=0.5).to_pandas()
     assert len(short_gap[short_gap.class_name == "hook"]) == 2
+
+
+def _row(f: int, x: float, cls: int, name: str) -> dict:
+    return {
+        "case_id": "c1", "frame_index": f * 5, "t_s": f / 5, "class_id": cls, "class_name": name,
+        "confidence": 0.9, "x1": x, "y1": 200.0, "x2": x + 60, "y2": 260.0, "mask": [0.0, 0.0],
+        "model_version": "v",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("tracker", ["bytetrack", "botsort"])
+def test_an_instrument_entering_where_another_left_gets_its_own_track(tracker: str) -> None:
+    # A grasper works at x=300 for 4 s and leaves; 1 s later a hook appears at the same place.
+    # The online tracker keeps the grasper's lost track for 4 s and hands its id to the hook;
+    # the offline split must give the hook its own track.
+    rows = [_row(f, 300.0, 0, "grasper") for f in range(20)]
+    rows += [_row(f, 300.0, 2, "hook") for f in range(25, 45)]
+    detections = table_from_rows(DETECTIONS, rows)
+    tracker_obj = tracking._tracker(tracker, 5.0)
+    online = pa.concat_tables(
+        list(
+            tracking._track_frames(
+                tracking._frames(detections.to_batches()), (854, 480), tracker_obj
+            )
+        )
+    )
+    assert len(set(online.column("track_id").to_pylist())) == 1  # what the split is for
+    tracks = track_detections(detections, (854, 480), 5.0, tracker).to_pandas()
+    ids = tracks.groupby("class_name")["track_id"].unique()
+    assert list(ids["grasper"]) == [1] and list(ids["hook"]) == [2]
+
+
+def test_split_tracks_cuts_at_lasting_class_changes_and_long_gaps_only() -> None:
+    t = np.arange(60) / 5.0
+    cls = np.zeros(60, np.int64)
+    cls[10:13] = 3  # 0.6 s of flicker: same instrument
+    cls[30:] = 2  # a lasting change at 6 s
+    ids = tracking.split_tracks(np.full(60, 7), t, cls, 5.0)
+    assert list(np.unique(ids[:30])) == [1] and list(np.unique(ids[30:])) == [2]
+    # Unseen 1 s: the same track; unseen 3 s: a new one. Ids count in order of first sight.
+    gaps = np.r_[np.arange(10), np.arange(15, 25), np.arange(40, 50)] / 5.0
+    other = tracking.split_tracks(np.full(30, 4), gaps, np.zeros(30, np.int64), 5.0)
+    assert list(other) == [1] * 20 + [2] * 10
+    early = tracking.split_tracks(np.array([9, 9, 3]), np.array([1.0, 1.2, 0.0]), np.zeros(3), 5.0)
+    assert list(early) == [2, 2, 1]
+    assert len(tracking.split_tracks(np.array([]), np.array([]), np.array([]), 5.0)) == 0
 
 
 def test_phase_segments_respect_the_minimum_length() -> None:
@@ -362,13 +411,17 @@ def test_phase_corpus_frames_match_the_video_the_pipeline_would_decode(tmp_path:
     # The phase model trains on frames rendered straight at 1 fps; they must carry the labels
     # and look like the frames the pipeline decodes from the same case's H.264 video.
     from ml_models.synthetic import generate
-    from ml_models.training import phase_labels_at, render_phase_cases
+    from ml_models.training import phase_labels_at, render_phase_cases, tool_presence_at
 
     generate(tmp_path, minutes=0.5, seed=77, size=(426, 240))
     times, decoded = frames_per_second(tmp_path / "video.mp4", 1.0)
-    [(images, labels)] = render_phase_cases([77], [0.5], size=(426, 240))
+    [case] = render_phase_cases([77], [0.5], size=(426, 240))
+    images = case.images
     assert images.shape == decoded.shape
-    assert np.array_equal(labels, phase_labels_at(tmp_path, times))
+    assert np.array_equal(case.labels, phase_labels_at(tmp_path, times))
+    # The instruments drawn are the case's tool.txt, and some seconds have some.
+    assert np.array_equal(case.tools, tool_presence_at(tmp_path, times))
+    assert 0 < case.tools.sum() < case.tools.size
     diff = np.abs(images.astype(np.int16) - decoded.astype(np.int16)).mean(axis=(1, 2, 3))
     assert diff.max() < 6.0  # grey levels: codec and JPEG losses only, the same picture
 
@@ -385,6 +438,36 @@ def test_phase_model_keeps_its_depth_through_save_and_load(tmp_path: Path) -> No
     loaded = PhaseModel.load(tmp_path / "phase.pt")
     assert len(loaded.temporal.stages[0].blocks) == 5
     assert np.allclose(loaded.predict_images(videos[0][0]), model.predict_images(videos[0][0]))
+
+
+def test_phase_encoder_learns_tool_presence_beside_the_phase(tmp_path: Path) -> None:
+    # Two tools drawn as bright squares in opposite corners, independent of the phase: the
+    # tool head must learn them (multi-task), and the bundle must keep the head.
+    from ml_models.frames import embed_images, to_tensor
+    from ml_models.phases import PhaseModel, train_phase_model
+
+    rng = np.random.default_rng(1)
+    n = 240
+    images = rng.integers(60, 120, (n, 96, 96, 3), np.uint8)
+    tools = rng.integers(0, 2, (n, 2))
+    images[tools[:, 0] == 1, :24, :24] = 250
+    images[tools[:, 1] == 1, -24:, -24:] = 250
+    labels = np.repeat([0, 1], n // 2)
+    images[labels == 1, 40:56, 40:56, 2] = 250
+    model = train_phase_model(
+        [(images, labels)], ["a", "b"], encoder_epochs=6, temporal_epochs=1, layers=2,
+        tools=[tools],
+    )  # fmt: skip
+    model.save(tmp_path / "phase.pt")
+    loaded = PhaseModel.load(tmp_path / "phase.pt")
+    assert loaded.encoder.n_tools == 2
+    with torch.no_grad():
+        emb = torch.from_numpy(embed_images(loaded.encoder, images))
+        predicted = (torch.sigmoid(loaded.encoder.tool_head(emb)) > 0.5).numpy()
+        assert torch.equal(loaded.encoder.embed(to_tensor(images[:4])), emb[:4])
+    assert (predicted == tools).mean() > 0.9
+    with pytest.raises(InputError, match="one row per labelled second"):
+        train_phase_model([(images, labels)], ["a", "b"], tools=[tools[:-1]])
 
 
 def test_int8_graph_loads_like_the_fp32_one_and_finds_the_confident_boxes(

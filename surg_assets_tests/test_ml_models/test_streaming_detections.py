@@ -26,7 +26,8 @@ FPS = 5.0
 
 def _tracks_as_before_streaming(detections: pa.Table, frame_size: tuple[int, int]) -> pa.Table:
     """The whole-table tracker as it was before streaming (pandas groupby, a row dict per
-    track): the reference the streamed path must reproduce row for row."""
+    track), followed by the offline split: the reference the streamed path must reproduce row
+    for row."""
     from ultralytics.engine.results import Boxes
 
     trk = tracking._tracker("bytetrack", FPS)
@@ -41,7 +42,14 @@ def _tracks_as_before_streaming(detections: pa.Table, frame_size: tuple[int, int
             if isinstance(row.get("mask"), np.ndarray):
                 row["mask"] = row["mask"].tolist()
             out.append(row)
-    return table_from_rows(TRACKS, out)
+    online = table_from_rows(TRACKS, out)
+    ids = tracking.split_tracks(
+        online.column("track_id").to_numpy(),
+        online.column("t_s").to_numpy(),
+        online.column("class_id").to_numpy(),
+        FPS,
+    )
+    return online.set_column(online.schema.get_field_index("track_id"), "track_id", pa.array(ids))
 
 
 @pytest.fixture(scope="module")
