@@ -185,6 +185,7 @@ def train_phase_model(
     encoder_frames: int | None = None,
     layers: int = 8,
     tools: list[np.ndarray] | None = None,
+    encoder_set: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
 ) -> PhaseModel:
     """Train both stages.
 
@@ -204,14 +205,23 @@ def train_phase_model(
         tools: Optional instrument presence per video, ``(seconds, n_tools)`` of 0/1 aligned
             with its labels; the frame encoder then learns tool presence beside the phase
             (multi-task), which the temporal model sees through the shared embedding.
+        encoder_set: ``(frames, phase ids, tool presence or None)`` the frame encoder trains
+            on instead of the videos' own frames: short cases of many other scenes, so that it
+            learns what marks a phase rather than what marks a scene, and the temporal model
+            then learns from features of cases the encoder never saw, with the errors it will
+            make on new ones.
     """
     torch.manual_seed(seed)
     n = len(phases)
     if tools is not None and [len(t) for t in tools] != [len(v[1]) for v in videos]:
         raise InputError("tool presence must have one row per labelled second of each video.")
-    all_images = np.concatenate([v[0] for v in videos])
-    all_labels = np.concatenate([v[1] for v in videos]).astype(np.int64)
-    all_tools = np.concatenate(tools) if tools is not None else None
+    if encoder_set is not None:
+        all_images, all_labels, all_tools = encoder_set
+        all_labels = np.asarray(all_labels, np.int64)
+    else:
+        all_images = np.concatenate([v[0] for v in videos])
+        all_labels = np.concatenate([v[1] for v in videos]).astype(np.int64)
+        all_tools = np.concatenate(tools) if tools is not None else None
     if encoder_frames is not None and len(all_labels) > encoder_frames:
         keep = np.linspace(0, len(all_labels) - 1, encoder_frames).round().astype(int)
         all_images, all_labels = all_images[keep], all_labels[keep]

@@ -34,7 +34,7 @@ from ml_models.ultra import ultralytics_offline
 
 TRACKERS = ("bytetrack", "botsort")
 # The offline pass's two settings, chosen on validation cases (synthetic seeds 2101-2102) and
-# only then scored on the held-out seed 2001 (BENCHMARKS.md, 2026-12-02 16:00 UTC):
+# only then scored on the held-out seed 2001 (BENCHMARKS.md, "Tracking: offline split"):
 # a track unseen for longer than SPLIT_GAP_S resumes as a new track, and a different class that
 # the detector keeps for at least SPLIT_MIN_CLASS_S starts a new track (shorter runs are class
 # flicker of the same instrument).

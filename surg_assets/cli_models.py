@@ -267,11 +267,13 @@ def models_lineage(
 
 _SYNTHETIC_CASES = "synthetic cases, seeds 1001-1004 (3 min each; 1004 held out for the detector)"
 _FINETUNE_DATA = "; then fine-tuned with seeds 1005-1016 added (2 min each)"
+_WIDE_DATA = "; then on seeds 1017-1064 (2 min each, a sample every 2 s)"
 _DEFAULT_DATA = {
     "out_of_body_model": _SYNTHETIC_CASES,
     "instrument_detector": _SYNTHETIC_CASES,
-    "phase_model": "24 full-length synthetic cases rendered at 1 fps, seeds 3001-3024, "
-    "2-40 min each (log-uniform)",
+    "phase_model": "temporal model: 24 full-length synthetic cases rendered at 1 fps, seeds "
+    "3001-3024, 2-40 min each (log-uniform); frame encoder (phase and instrument presence): 160 "
+    "short cases, seeds 4001-4160, 1.5 min each",
 }
 
 
@@ -285,6 +287,9 @@ def models_train_defaults(
     epochs: int = typer.Option(10, help="Detector epochs."),
     finetune_epochs: int = typer.Option(
         0, help="Detector epochs on the wider corpus after the first stage (0: none)."
+    ),
+    wide_epochs: int = typer.Option(
+        0, help="Detector epochs on 48 more scenes (samples only) after that (0: none)."
     ),
     only: list[str] = typer.Option(
         [], "--only", help="Retrain only these models (repeat); the others' cards are kept."
@@ -306,6 +311,7 @@ def models_train_defaults(
         out_dir,
         detector_epochs=epochs,
         detector_finetune_epochs=finetune_epochs,
+        detector_wide_epochs=wide_epochs,
         log=lambda m: err.print(f"[{time.perf_counter() - started:5.0f} s] {m}"),
         only=tuple(only),
     )
@@ -319,7 +325,8 @@ def models_train_defaults(
             metrics=result.metrics[name],
             train_seconds=round(result.seconds[name], 1),
             data=_DEFAULT_DATA[name]
-            + (_FINETUNE_DATA if name == "instrument_detector" and finetune_epochs else ""),
+            + (_FINETUNE_DATA if name == "instrument_detector" and finetune_epochs else "")
+            + (_WIDE_DATA if name == "instrument_detector" and wide_epochs else ""),
         )
         for name in result.files
     }

@@ -426,6 +426,25 @@ def test_phase_corpus_frames_match_the_video_the_pipeline_would_decode(tmp_path:
     assert diff.max() < 6.0  # grey levels: codec and JPEG losses only, the same picture
 
 
+def test_detector_samples_are_the_generators_own(tmp_path: Path) -> None:
+    # The detector's wide corpus is rendered sample by sample; it must be exactly what the
+    # generator writes to yolo-seg/ for the same seed (images and outlines), without the video.
+    from ml_models.synthetic import generate
+    from ml_models.training import render_detector_samples
+
+    generate(tmp_path / "full", minutes=0.3, seed=78, size=(426, 240))
+    [folder] = render_detector_samples(tmp_path / "samples", [78], 0.3, size=(426, 240))
+    full, fast = tmp_path / "full" / "yolo-seg", folder / "yolo-seg"
+    labels = sorted(p.name for p in (full / "labels").iterdir())
+    assert len(labels) == 18 and labels == sorted(p.name for p in (fast / "labels").iterdir())
+    assert any((full / "labels" / n).read_text() for n in labels)  # instruments were drawn
+    for name in labels:
+        assert (fast / "labels" / name).read_text() == (full / "labels" / name).read_text()
+        image = Path(name).with_suffix(".jpg").name
+        assert (fast / "images" / image).read_bytes() == (full / "images" / image).read_bytes()
+    assert not (folder / "video.mp4").exists()
+
+
 def test_phase_model_keeps_its_depth_through_save_and_load(tmp_path: Path) -> None:
     from ml_models.phases import PhaseModel, train_phase_model
 
@@ -468,6 +487,26 @@ def test_phase_encoder_learns_tool_presence_beside_the_phase(tmp_path: Path) -> 
     assert (predicted == tools).mean() > 0.9
     with pytest.raises(InputError, match="one row per labelled second"):
         train_phase_model([(images, labels)], ["a", "b"], tools=[tools[:-1]])
+
+
+def test_phase_encoder_can_learn_from_other_cases_than_the_temporal_model() -> None:
+    # The encoder set marks phase 1 with a blue square; the long videos are noise. An encoder
+    # that learned from the encoder set tells the squares apart; the temporal model still
+    # trains on the videos (its labels decide the prior's transitions).
+    from ml_models.frames import predict_proba
+    from ml_models.phases import train_phase_model
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(60, 120, (200, 96, 96, 3), np.uint8)
+    labels = np.repeat([0, 1], 100)
+    images[labels == 1, 30:66, 30:66, 2] = 250
+    video = rng.integers(60, 120, (50, 96, 96, 3), np.uint8)
+    model = train_phase_model(
+        [(video, np.repeat([0, 1], 25))], ["a", "b"], encoder_epochs=4, temporal_epochs=1,
+        layers=2, encoder_set=(images, labels, None),
+    )  # fmt: skip
+    assert (predict_proba(model.encoder, images).argmax(1) == labels).mean() > 0.95
+    assert model.prior is not None and model.prior.transitions[0, 1] == 1
 
 
 def test_int8_graph_loads_like_the_fp32_one_and_finds_the_confident_boxes(
