@@ -47,46 +47,6 @@ def synthetic_corpus(
     return out
 
 
-def render_detector_samples(
-    root: str | Path,
-    seeds: list[int],
-    minutes: float,
-    every_s: float = 1.0,
-    size: tuple[int, int] = (854, 480),
-    fps: int = 25,
-    log: Log | None = None,
-) -> list[Path]:
-    """Render only the detector's training samples of synthetic cases, one every ``every_s``.
-
-    The same frames and labels :func:`ml_models.synthetic.generate` writes to ``yolo-seg/``
-    (the renderer draws each frame from its timeline, not from the frame before), without the
-    video and the other frames: about 25 times cheaper, so a corpus of many short cases (many
-    scenes, which teach a detector more than neighbouring frames do) costs minutes on a CPU.
-    A case already rendered (its ``done`` marker written) is reused.
-    """
-    from ml_models.synthetic.render import SyntheticCase
-    from ml_models.synthetic.writers import YoloWriter
-
-    out = []
-    for seed in seeds:
-        folder = Path(root) / f"seed-{seed}"
-        marker = folder / "yolo-seg" / "done"
-        if not marker.is_file():
-            started = time.perf_counter()
-            shutil.rmtree(folder, ignore_errors=True)  # a half-rendered case of a killed run
-            case = SyntheticCase(minutes * 60, seed, size, fps)
-            writer = YoloWriter(folder, size[0], size[1], f"synth_s{seed}")
-            step = max(1, int(round(every_s * fps)))
-            for frame in range(0, case.n_frames, step):
-                writer.write(*case.render(frame, polygons=True))
-            marker.write_text(f"{writer.count}\n")
-            if log:
-                took = time.perf_counter() - started
-                log(f"detector samples seed {seed}: {writer.count} frames in {took:.0f} s")
-        out.append(folder)
-    return out
-
-
 def phase_labels_at(case_dir: Path, times: np.ndarray) -> np.ndarray:
     """Phase id at each time (seconds) from a case's Cholec80-style ``phase.txt``."""
     summary = json.loads((case_dir / "summary.json").read_text())
@@ -334,10 +294,6 @@ DEFAULT_MODEL_NAMES = ("out_of_body_model", "phase_model", "instrument_detector"
 # The detector's second stage: twelve more short cases (seeds no evaluation uses).
 DETECTOR_FINETUNE_SEEDS = tuple(range(1005, 1017))
 DETECTOR_FINETUNE_MINUTES = 2.0
-# The detector's third stage: 48 more scenes, only their samples rendered (one every 2 s).
-DETECTOR_WIDE_SEEDS = tuple(range(1017, 1065))
-DETECTOR_WIDE_MINUTES = 2.0
-DETECTOR_WIDE_EVERY_S = 2.0
 PHASE_CORPUS_SEEDS = tuple(range(3001, 3025))
 # The phase model's frame encoder learns from many short scenes instead (1.5 min: every phase,
 # compressed): 24 scenes taught it the scenes more than the phases.
@@ -362,7 +318,6 @@ def train_default_models(
     log: Log | None = None,
     only: tuple[str, ...] = (),
     detector_finetune_epochs: int = 0,
-    detector_wide_epochs: int = 0,
 ) -> DefaultModels:
     """The reproducible recipe for the shipped default models (synthetic data only).
 
@@ -372,8 +327,6 @@ def train_default_models(
     (default: all of :data:`DEFAULT_MODEL_NAMES`). ``detector_finetune_epochs`` > 0 continues
     the detector on a wider corpus (:data:`DETECTOR_FINETUNE_SEEDS`, same validation case): the
     first stage sees only three cases, and more scenes teach more than more epochs.
-    ``detector_wide_epochs`` > 0 continues once more on :data:`DETECTOR_WIDE_SEEDS`, rendered
-    as samples only (:func:`render_detector_samples`), same validation case.
 
     Returns:
         Weights files in ``out_dir`` (``instrument_detector.pt``, ``phase_model.pt``,
@@ -437,24 +390,6 @@ def train_default_models(
                 data,
                 work / "detector-runs-wide",
                 epochs=detector_finetune_epochs,
-                imgsz=imgsz,
-                init=trained.weights,
-            )
-        if detector_wide_epochs > 0:
-            samples = render_detector_samples(
-                work / "detector-samples",
-                list(DETECTOR_WIDE_SEEDS),
-                DETECTOR_WIDE_MINUTES,
-                DETECTOR_WIDE_EVERY_S,
-                log=log,
-            )
-            data = detector_dataset(
-                samples + cases[-1:], work / "detector-dataset-samples", val_cases=1
-            )
-            trained = train_detector(
-                data,
-                work / "detector-runs-samples",
-                epochs=detector_wide_epochs,
                 imgsz=imgsz,
                 init=trained.weights,
             )

@@ -267,7 +267,6 @@ def models_lineage(
 
 _SYNTHETIC_CASES = "synthetic cases, seeds 1001-1004 (3 min each; 1004 held out for the detector)"
 _FINETUNE_DATA = "; then fine-tuned with seeds 1005-1016 added (2 min each)"
-_WIDE_DATA = "; then on seeds 1017-1064 (2 min each, a sample every 2 s)"
 _DEFAULT_DATA = {
     "out_of_body_model": _SYNTHETIC_CASES,
     "instrument_detector": _SYNTHETIC_CASES,
@@ -287,9 +286,6 @@ def models_train_defaults(
     epochs: int = typer.Option(10, help="Detector epochs."),
     finetune_epochs: int = typer.Option(
         0, help="Detector epochs on the wider corpus after the first stage (0: none)."
-    ),
-    wide_epochs: int = typer.Option(
-        0, help="Detector epochs on 48 more scenes (samples only) after that (0: none)."
     ),
     only: list[str] = typer.Option(
         [], "--only", help="Retrain only these models (repeat); the others' cards are kept."
@@ -311,7 +307,6 @@ def models_train_defaults(
         out_dir,
         detector_epochs=epochs,
         detector_finetune_epochs=finetune_epochs,
-        detector_wide_epochs=wide_epochs,
         log=lambda m: err.print(f"[{time.perf_counter() - started:5.0f} s] {m}"),
         only=tuple(only),
     )
@@ -325,8 +320,7 @@ def models_train_defaults(
             metrics=result.metrics[name],
             train_seconds=round(result.seconds[name], 1),
             data=_DEFAULT_DATA[name]
-            + (_FINETUNE_DATA if name == "instrument_detector" and finetune_epochs else "")
-            + (_WIDE_DATA if name == "instrument_detector" and wide_epochs else ""),
+            + (_FINETUNE_DATA if name == "instrument_detector" and finetune_epochs else ""),
         )
         for name in result.files
     }

@@ -426,25 +426,6 @@ def test_phase_corpus_frames_match_the_video_the_pipeline_would_decode(tmp_path:
     assert diff.max() < 6.0  # grey levels: codec and JPEG losses only, the same picture
 
 
-def test_detector_samples_are_the_generators_own(tmp_path: Path) -> None:
-    # The detector's wide corpus is rendered sample by sample; it must be exactly what the
-    # generator writes to yolo-seg/ for the same seed (images and outlines), without the video.
-    from ml_models.synthetic import generate
-    from ml_models.training import render_detector_samples
-
-    generate(tmp_path / "full", minutes=0.3, seed=78, size=(426, 240))
-    [folder] = render_detector_samples(tmp_path / "samples", [78], 0.3, size=(426, 240))
-    full, fast = tmp_path / "full" / "yolo-seg", folder / "yolo-seg"
-    labels = sorted(p.name for p in (full / "labels").iterdir())
-    assert len(labels) == 18 and labels == sorted(p.name for p in (fast / "labels").iterdir())
-    assert any((full / "labels" / n).read_text() for n in labels)  # instruments were drawn
-    for name in labels:
-        assert (fast / "labels" / name).read_text() == (full / "labels" / name).read_text()
-        image = Path(name).with_suffix(".jpg").name
-        assert (fast / "images" / image).read_bytes() == (full / "images" / image).read_bytes()
-    assert not (folder / "video.mp4").exists()
-
-
 def test_phase_model_keeps_its_depth_through_save_and_load(tmp_path: Path) -> None:
     from ml_models.phases import PhaseModel, train_phase_model
 
