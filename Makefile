@@ -26,7 +26,8 @@ $(TOOLS)/.installed: deploy/requirements-tools.txt
 	touch $@
 
 # Default models (synthetic data only). Committed weights make this a no-op on a fresh clone;
-# `make models` retrains them from scratch (about 15 minutes on 2 cores).
+# `make models` retrains them from scratch: far longer than 15 minutes on 2 cores (the phase model
+# alone took 1,595 s on 2026-12-02); each model card in cards.json records its training time.
 DEFAULT_WEIGHTS := ml_models/default_weights/instrument_detector.pt
 
 models: install
