@@ -254,7 +254,8 @@ def split_tracks(
     piece = 0
     for rows in np.split(order, bounds):
         cls, ts = class_ids[rows], t_s[rows]
-        # Runs of one class; the track's class is that of its last run long enough to count.
+        # Runs of one class. Only a run of at least min_run samples can start a new track; a
+        # shorter one is flicker. The track starts as the class of its first long run.
         starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
         lengths = np.diff(np.r_[starts, len(cls)])
         long_runs = starts[lengths >= min_run]

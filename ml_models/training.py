@@ -215,8 +215,9 @@ def render_phase_cases(
         started = time.perf_counter()
         case = SyntheticCase(mins * 60, seed, size, fps)
         images, labels = [], []
-        tools = np.zeros((len(range(0, case.n_frames, fps)), len(INSTRUMENT_CLASSES)), np.int64)
-        for k, frame in enumerate(range(0, case.n_frames, fps)):
+        seconds = range(0, case.n_frames, fps)
+        tools = np.zeros((len(seconds), len(INSTRUMENT_CLASSES)), np.int64)
+        for k, frame in enumerate(seconds):
             img, truth = case.render(frame)
             ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60])
             images.append(prepare(cv2.imdecode(jpeg, cv2.IMREAD_COLOR) if ok else img))
@@ -295,11 +296,11 @@ DEFAULT_MODEL_NAMES = ("out_of_body_model", "phase_model", "instrument_detector"
 DETECTOR_FINETUNE_SEEDS = tuple(range(1005, 1017))
 DETECTOR_FINETUNE_MINUTES = 2.0
 PHASE_CORPUS_SEEDS = tuple(range(3001, 3025))
+PHASE_CORPUS_MINUTES = (2.0, 40.0)
 # The phase model's frame encoder learns from many short scenes instead (1.5 min: every phase,
 # compressed): 24 scenes taught it the scenes more than the phases.
 PHASE_ENCODER_SEEDS = tuple(range(4001, 4161))
 PHASE_ENCODER_MINUTES = 1.5
-PHASE_CORPUS_MINUTES = (2.0, 40.0)
 
 
 def phase_corpus_minutes(seeds: tuple[int, ...] = PHASE_CORPUS_SEEDS) -> list[float]:
