@@ -20,6 +20,17 @@ from ml_models.video import sample_frames
 FRAME_SIZE = 96
 
 
+POOLS = ("avg", "avgmax")
+
+
+class _AvgMaxPool(nn.Module):
+    """(N, C, H, W) -> (N, 2C, 1, 1): the spatial mean and the spatial max of each channel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate both pools along the channels."""
+        return torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)], 1)
+
+
 class FrameCNN(nn.Module):
     """Four conv blocks -> a ``feature_dim`` embedding -> ``n_classes`` logits.
 
@@ -29,8 +40,12 @@ class FrameCNN(nn.Module):
     tool-presence target makes the embedding notice them.
     """
 
-    def __init__(self, n_classes: int, feature_dim: int = 64, n_tools: int = 0) -> None:
+    def __init__(
+        self, n_classes: int, feature_dim: int = 64, n_tools: int = 0, pool: str = "avg"
+    ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}")
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
@@ -40,14 +55,20 @@ class FrameCNN(nn.Module):
                 nn.MaxPool2d(2),
             )
 
+        # "avgmax" gives half the channels to each of a mean and a max over the image: a mean
+        # dilutes a small, decisive detail (three clips on the duct) in a large uniform frame,
+        # a max keeps it wherever it is. Neither pool has weights, so older "avg" bundles load
+        # as they were.
+        last = feature_dim if pool == "avg" else feature_dim // 2
         self.features = nn.Sequential(
-            block(3, 16), block(16, 32), block(32, 64), block(64, feature_dim),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            block(3, 16), block(16, 32), block(32, 64), block(64, last),
+            nn.AdaptiveAvgPool2d(1) if pool == "avg" else _AvgMaxPool(), nn.Flatten(),
         )  # fmt: skip
         self.head = nn.Linear(feature_dim, n_classes)
         self.tool_head = nn.Linear(feature_dim, n_tools) if n_tools > 0 else None
         self.feature_dim = feature_dim
         self.n_tools = n_tools
+        self.pool = pool
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Frame embeddings (N, feature_dim)."""

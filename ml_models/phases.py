@@ -100,6 +100,7 @@ class PhaseModel:
                 "sample_fps": self.sample_fps,
                 "feature_dim": self.encoder.feature_dim,
                 "n_tools": self.encoder.n_tools,
+                "pool": self.encoder.pool,
                 "encoder": self.encoder.state_dict(),
                 "temporal": self.temporal.state_dict(),
                 "stages": len(self.temporal.stages),
@@ -120,7 +121,7 @@ class PhaseModel:
         if not isinstance(blob, dict) or blob.get("kind") != "surg-phase-model":
             raise InputError("the phase model file is not a surg phase model; retrain it.")
         n = len(blob["phases"])
-        encoder = FrameCNN(n, blob["feature_dim"], blob.get("n_tools", 0))
+        encoder = FrameCNN(n, blob["feature_dim"], blob.get("n_tools", 0), blob.get("pool", "avg"))
         encoder.load_state_dict(blob["encoder"])
         temporal = CausalMSTCN(
             blob["feature_dim"], n, stages=blob["stages"], layers=blob.get("layers", 8)
@@ -178,7 +179,7 @@ class _PhaseGraph(nn.Module):
 def train_phase_model(
     videos: list[tuple[np.ndarray, np.ndarray]],
     phases: list[str],
-    encoder_epochs: int = 6,
+    encoder_epochs: int = 10,
     temporal_epochs: int = 60,
     seed: int = 0,
     log: Any = None,
@@ -186,6 +187,7 @@ def train_phase_model(
     layers: int = 8,
     tools: list[np.ndarray] | None = None,
     encoder_set: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    pool: str = "avgmax",
 ) -> PhaseModel:
     """Train both stages.
 
@@ -210,6 +212,9 @@ def train_phase_model(
             learns what marks a phase rather than what marks a scene, and the temporal model
             then learns from features of cases the encoder never saw, with the errors it will
             make on new ones.
+        pool: The frame encoder's global pooling (:class:`~ml_models.frames.FrameCNN`):
+            "avgmax" lets it see the clips that tell Calot-triangle dissection from
+            gallbladder dissection (validation: BENCHMARKS.md, "Phase encoder: max pooling").
     """
     torch.manual_seed(seed)
     n = len(phases)
@@ -226,7 +231,7 @@ def train_phase_model(
         keep = np.linspace(0, len(all_labels) - 1, encoder_frames).round().astype(int)
         all_images, all_labels = all_images[keep], all_labels[keep]
         all_tools = all_tools[keep] if all_tools is not None else None
-    encoder = FrameCNN(n, n_tools=all_tools.shape[1] if all_tools is not None else 0)
+    encoder = FrameCNN(n, n_tools=all_tools.shape[1] if all_tools is not None else 0, pool=pool)
     started = time.perf_counter()
     train_classifier(
         encoder, all_images, all_labels, epochs=encoder_epochs, seed=seed, tools=all_tools

@@ -234,7 +234,7 @@ def train_phases(
     cases: list[CaseFrames] | list[PhaseCase],
     out: Path,
     encoder_cases: list[PhaseCase] | None = None,
-    encoder_epochs: int = 6,
+    encoder_epochs: int = 10,
     temporal_epochs: int = 60,
     encoder_frames: int | None = None,
     layers: int = 8,

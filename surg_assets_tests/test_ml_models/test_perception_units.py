@@ -470,6 +470,52 @@ def test_phase_encoder_learns_tool_presence_beside_the_phase(tmp_path: Path) -> 
         train_phase_model([(images, labels)], ["a", "b"], tools=[tools[:-1]])
 
 
+def test_max_pooled_encoder_learns_a_small_detail_anywhere_in_the_frame() -> None:
+    # Phase 1 differs from phase 0 by three clip-sized specks at a random place in a noisy
+    # frame, as the clips on the duct tell Calot-triangle dissection from gallbladder
+    # dissection. The spatial max keeps a speck wherever it is.
+    from ml_models.frames import FrameCNN, predict_proba, train_classifier
+
+    rng = np.random.default_rng(3)
+    n = 480
+    images = rng.integers(60, 120, (n, 96, 96, 3), np.uint8)
+    labels = np.tile([0, 1], n // 2)
+    for i in np.flatnonzero(labels == 1):
+        y, x = rng.integers(4, 84, 2)
+        for k in range(3):
+            images[i, y + 3 * k : y + 3 * k + 2, x : x + 3] = 240
+    torch.manual_seed(0)
+    model = FrameCNN(2, pool="avgmax")
+    train_classifier(model, images[: n // 2], labels[: n // 2], epochs=10, augment=False)
+    held_out = predict_proba(model, images[n // 2 :]).argmax(1)
+    assert (held_out == labels[n // 2 :]).mean() > 0.9
+    with pytest.raises(ValueError, match="pool must be one of"):
+        FrameCNN(2, pool="median")
+
+
+def test_phase_bundle_without_a_pool_loads_as_the_mean_pooled_encoder(tmp_path: Path) -> None:
+    # Bundles written before the pool was recorded hold a mean-pooled encoder; they must load
+    # and predict as they did.
+    from ml_models.phases import PhaseModel, train_phase_model
+
+    rng = np.random.default_rng(4)
+    videos = [(rng.integers(0, 255, (30, 96, 96, 3), np.uint8), np.repeat([0, 1], 15))]
+    model = train_phase_model(
+        videos, ["a", "b"], encoder_epochs=1, temporal_epochs=1, layers=3, pool="avg"
+    )
+    model.save(tmp_path / "phase.pt")
+    blob = torch.load(tmp_path / "phase.pt", weights_only=False)
+    assert blob["pool"] == "avg"
+    del blob["pool"]
+    torch.save(blob, tmp_path / "legacy.pt")
+    loaded = PhaseModel.load(tmp_path / "legacy.pt")
+    assert loaded.encoder.pool == "avg"
+    assert np.allclose(loaded.predict_images(videos[0][0]), model.predict_images(videos[0][0]))
+    maxed = train_phase_model(videos, ["a", "b"], encoder_epochs=1, temporal_epochs=1, layers=3)
+    maxed.save(tmp_path / "maxed.pt")
+    assert PhaseModel.load(tmp_path / "maxed.pt").encoder.pool == "avgmax"
+
+
 def test_phase_encoder_can_learn_from_other_cases_than_the_temporal_model() -> None:
     # The encoder set marks phase 1 with a blue square; the long videos are noise. An encoder
     # that learned from the encoder set tells the squares apart; the temporal model still
