@@ -27,7 +27,7 @@ $(TOOLS)/.installed: deploy/requirements-tools.txt
 
 # Default models (synthetic data only). Committed weights make this a no-op on a fresh clone;
 # `make models` retrains them from scratch: far longer than 15 minutes on 2 cores (the phase model
-# alone took 1,595 s on 2026-12-02); each model card in cards.json records its training time.
+# alone took 1,202 s on 2026-12-02); each model card in cards.json records its training time.
 DEFAULT_WEIGHTS := ml_models/default_weights/instrument_detector.pt
 
 models: install
