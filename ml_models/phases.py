@@ -1,10 +1,12 @@
-"""Two-stage surgical phase recognition: per-second frame features, then a causal temporal model.
+"""Two-stage surgical phase recognition: per-second frame features, then temporal models.
 
 Stage 1 is a :class:`~ml_models.frames.FrameCNN` trained to classify single frames into phases;
-its embeddings (optionally with instrument presence from the detector) feed stage 2, a causal
-multi-stage temporal convolutional network in the spirit of TeCNO: dilated causal convolutions
-see only the past, so the same model serves live and offline use, and later stages refine the
-earlier stages' predictions. The phase vocabulary comes from the training data.
+its embeddings (optionally with instrument presence from the detector) feed stage 2, multi-stage
+temporal convolutional networks whose later stages refine the earlier stages' predictions. A
+causal one in the spirit of TeCNO sees only the past, as a live view must. When the whole video
+is at hand, as in the pipeline, an offline one (MS-TCN as Farha and Gall published it) sees the
+past and the future: a phase such as clipping shows itself in what follows it (clips on the
+duct) more than in its own first seconds. The phase vocabulary comes from the training data.
 """
 
 from __future__ import annotations
@@ -23,29 +25,35 @@ from ml_models.errors import InputError
 from ml_models.frames import FrameCNN, embed_images, frames_per_second, train_classifier
 
 
-class CausalResidual(nn.Module):
-    """Dilated causal conv + 1x1 conv with a residual connection."""
+class Residual(nn.Module):
+    """Dilated conv (kernel 3) + 1x1 conv with a residual connection.
 
-    def __init__(self, channels: int, dilation: int) -> None:
+    Causal, it looks back ``2 * dilation`` steps and never ahead; otherwise ``dilation`` steps
+    each way.
+    """
+
+    def __init__(self, channels: int, dilation: int, causal: bool = True) -> None:
         super().__init__()
-        self.pad = 2 * dilation  # kernel 3: look back 2*dilation steps, never ahead
+        self.pad = (2 * dilation, 0) if causal else (dilation, dilation)
         self.conv = nn.Conv1d(channels, channels, 3, dilation=dilation)
         self.out = nn.Conv1d(channels, channels, 1)
         self.drop = nn.Dropout(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, C, T)."""
-        h = F.relu(self.conv(F.pad(x, (self.pad, 0))))
+        h = F.relu(self.conv(F.pad(x, self.pad)))
         return x + self.drop(self.out(h))
 
 
 class Stage(nn.Module):
-    """One TCN stage: input projection, ``layers`` dilated causal blocks, class logits."""
+    """One TCN stage: input projection, ``layers`` dilated blocks, class logits."""
 
-    def __init__(self, in_dim: int, channels: int, n_classes: int, layers: int) -> None:
+    def __init__(
+        self, in_dim: int, channels: int, n_classes: int, layers: int, causal: bool = True
+    ) -> None:
         super().__init__()
         self.inp = nn.Conv1d(in_dim, channels, 1)
-        self.blocks = nn.Sequential(*[CausalResidual(channels, 2**i) for i in range(layers)])
+        self.blocks = nn.Sequential(*[Residual(channels, 2**i, causal) for i in range(layers)])
         self.cls = nn.Conv1d(channels, n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,16 +61,26 @@ class Stage(nn.Module):
         return self.cls(self.blocks(self.inp(x)))
 
 
-class CausalMSTCN(nn.Module):
-    """Multi-stage causal TCN: stage k refines the softmax of stage k-1."""
+class MSTCN(nn.Module):
+    """Multi-stage TCN: stage k refines the softmax of stage k-1.
+
+    ``causal`` (the default) sees only the past; otherwise each step sees as far ahead as back.
+    """
 
     def __init__(
-        self, in_dim: int, n_classes: int, stages: int = 2, channels: int = 32, layers: int = 8
+        self,
+        in_dim: int,
+        n_classes: int,
+        stages: int = 2,
+        channels: int = 32,
+        layers: int = 8,
+        causal: bool = True,
     ) -> None:
         super().__init__()
+        self.causal = causal
         self.stages = nn.ModuleList(
-            [Stage(in_dim, channels, n_classes, layers)]
-            + [Stage(n_classes, channels, n_classes, layers) for _ in range(stages - 1)]
+            [Stage(in_dim, channels, n_classes, layers, causal)]
+            + [Stage(n_classes, channels, n_classes, layers, causal) for _ in range(stages - 1)]
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -86,10 +104,11 @@ class PhaseModel:
     """The trained two-stage model and its vocabulary."""
 
     encoder: FrameCNN
-    temporal: CausalMSTCN
+    temporal: MSTCN  # causal: what a live view can know
     phases: list[str]
     sample_fps: float = 1.0
     prior: PhasePrior | None = None
+    offline: MSTCN | None = None  # non-causal, for whole videos; older bundles have none
 
     def save(self, path: str | Path) -> None:
         """Write a single ``.pt`` bundle (state dicts + vocabulary)."""
@@ -106,6 +125,9 @@ class PhaseModel:
                 "stages": len(self.temporal.stages),
                 "layers": len(self.temporal.stages[0].blocks),
                 "prior": self.prior.to_dict() if self.prior else None,
+                "offline": self.offline.state_dict() if self.offline else None,
+                "offline_stages": len(self.offline.stages) if self.offline else None,
+                "offline_layers": len(self.offline.stages[0].blocks) if self.offline else None,
             },
             path,
         )
@@ -123,50 +145,73 @@ class PhaseModel:
         n = len(blob["phases"])
         encoder = FrameCNN(n, blob["feature_dim"], blob.get("n_tools", 0), blob.get("pool", "avg"))
         encoder.load_state_dict(blob["encoder"])
-        temporal = CausalMSTCN(
+        temporal = MSTCN(
             blob["feature_dim"], n, stages=blob["stages"], layers=blob.get("layers", 8)
         )
         temporal.load_state_dict(blob["temporal"])
+        offline = None
+        if blob.get("offline"):
+            offline = MSTCN(
+                blob["feature_dim"],
+                n,
+                stages=blob["offline_stages"],
+                layers=blob["offline_layers"],
+                causal=False,
+            )
+            offline.load_state_dict(blob["offline"])
+            offline.eval()
         encoder.eval()
         temporal.eval()
         prior = PhasePrior.from_dict(blob["prior"]) if blob.get("prior") else None
-        return cls(encoder, temporal, list(blob["phases"]), blob["sample_fps"], prior)
+        return cls(encoder, temporal, list(blob["phases"]), blob["sample_fps"], prior, offline)
+
+    def temporal_model(self, causal: bool = False) -> MSTCN:
+        """The offline model, or the causal one when ``causal`` or when there is no other."""
+        return self.temporal if causal or self.offline is None else self.offline
 
     @torch.no_grad()
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        """Per-second phase probabilities (T, n_phases) from prepared 1 fps frames."""
+    def predict_images(self, images: np.ndarray, causal: bool = False) -> np.ndarray:
+        """Per-second phase probabilities (T, n_phases) from prepared 1 fps frames.
+
+        By default every second sees the whole video (the offline model, where the bundle has
+        one); ``causal`` gives what a live view would have said at each second.
+        """
         feats = embed_images(self.encoder, images)
         if len(feats) == 0:
             return np.zeros((0, len(self.phases)), np.float32)
         x = torch.from_numpy(feats.T[None]).float()
-        self.temporal.eval()
-        logits = self.temporal(x)[-1][0]
+        temporal = self.temporal_model(causal)
+        temporal.eval()
+        logits = temporal(x)[-1][0]
         return torch.softmax(logits, dim=0).T.numpy()
 
-    def export_onnx(self, path: str | Path) -> Path:
+    def export_onnx(self, path: str | Path, causal: bool = False) -> Path:
         """Both stages as one ONNX graph: (T, 3, S, S) normalised 1 fps frames -> (T, phases).
 
         The input is what :func:`ml_models.frames.to_tensor` makes of prepared frames, the
-        output the per-second probabilities of :meth:`predict_images`.
+        output the per-second probabilities of :meth:`predict_images` with the same ``causal``.
         """
         from ml_models.frames import FRAME_SIZE, export_onnx
 
         return export_onnx(
-            _PhaseGraph(self.encoder, self.temporal),
+            _PhaseGraph(self.encoder, self.temporal_model(causal)),
             torch.zeros(8, 3, FRAME_SIZE, FRAME_SIZE),
             path,
         )
 
-    def predict_video(self, video: str | Path) -> tuple[np.ndarray, np.ndarray]:
-        """(times (T,), probabilities (T, n_phases)) for a video."""
+    def predict_video(
+        self, video: str | Path, causal: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(times (T,), probabilities (T, n_phases)) for a video; ``causal`` as in
+        :meth:`predict_images`."""
         times, images = frames_per_second(video, self.sample_fps)
-        return times, self.predict_images(images)
+        return times, self.predict_images(images, causal)
 
 
 class _PhaseGraph(nn.Module):
     """Encoder and temporal model in one module, for export."""
 
-    def __init__(self, encoder: FrameCNN, temporal: CausalMSTCN) -> None:
+    def __init__(self, encoder: FrameCNN, temporal: MSTCN) -> None:
         super().__init__()
         self.encoder, self.temporal = encoder, temporal
 
@@ -188,6 +233,7 @@ def train_phase_model(
     tools: list[np.ndarray] | None = None,
     encoder_set: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     pool: str = "avgmax",
+    offline: bool = True,
 ) -> PhaseModel:
     """Train both stages.
 
@@ -215,6 +261,9 @@ def train_phase_model(
         pool: The frame encoder's global pooling (:class:`~ml_models.frames.FrameCNN`):
             "avgmax" lets it see the clips that tell Calot-triangle dissection from
             gallbladder dissection (validation: BENCHMARKS.md, "Phase encoder: max pooling").
+        offline: Also train a non-causal temporal model on the same features, for whole
+            videos (:attr:`PhaseModel.offline`; validation: BENCHMARKS.md, "Offline temporal
+            model").
     """
     torch.manual_seed(seed)
     n = len(phases)
@@ -239,27 +288,51 @@ def train_phase_model(
     if log:
         log(f"frame encoder trained in {time.perf_counter() - started:.0f} s")
     feats = [embed_images(encoder, imgs) for imgs, _ in videos]
-    temporal = CausalMSTCN(encoder.feature_dim, n, layers=layers)
+    labels = [v[1] for v in videos]
+    temporal = train_temporal_model(feats, labels, n, layers, temporal_epochs, seed, True, log)
+    # Its own seed, so the causal model is the same whether or not this one is trained.
+    whole = (
+        train_temporal_model(feats, labels, n, layers, temporal_epochs, seed + 1, False, log)
+        if offline
+        else None
+    )
+    encoder.eval()
+    prior = PhasePrior.from_labels(labels, n)
+    return PhaseModel(encoder, temporal, list(phases), prior=prior, offline=whole)
+
+
+def train_temporal_model(
+    feats: list[np.ndarray],
+    labels: list[np.ndarray],
+    n_classes: int,
+    layers: int,
+    epochs: int,
+    seed: int,
+    causal: bool,
+    log: Any = None,
+) -> MSTCN:
+    """Train one MS-TCN on whole videos' frame features (one video per step)."""
+    torch.manual_seed(seed)
+    temporal = MSTCN(feats[0].shape[1], n_classes, layers=layers, causal=causal)
     opt = torch.optim.AdamW(temporal.parameters(), lr=3e-3, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
+    name = "causal" if causal else "offline"
     temporal.train()
-    for epoch in range(temporal_epochs):
-        for i in rng.permutation(len(videos)):
+    for epoch in range(epochs):
+        for i in rng.permutation(len(feats)):
             x = torch.from_numpy(feats[i].T[None]).float()
             # Feature noise stands in for the frame encoder's errors on unseen videos.
             x = x + 0.1 * torch.randn_like(x)
-            y = torch.from_numpy(videos[i][1].astype(np.int64))[None]
+            y = torch.from_numpy(labels[i].astype(np.int64))[None]
             outs = temporal(x)
             loss = sum(F.cross_entropy(o, y) + 0.15 * _smoothing_loss(o) for o in outs)
             opt.zero_grad()
             loss.backward()
             opt.step()
         if log and (epoch + 1) % 20 == 0:
-            log(f"temporal model epoch {epoch + 1}/{temporal_epochs}: loss {loss.item():.3f}")
+            log(f"{name} temporal model epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
     temporal.eval()
-    encoder.eval()
-    prior = PhasePrior.from_labels([v[1] for v in videos], n)
-    return PhaseModel(encoder, temporal, list(phases), prior=prior)
+    return temporal
 
 
 def _smoothing_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -394,7 +467,8 @@ def _progress_bins(n: int, bins: int) -> np.ndarray:
 
 
 # Chosen by a grid search on validation cases (synthetic seeds 2101-2105, 4-35 min), never on
-# the held-out seeds 2001-2005 that bench/phase_quality.py scores (BENCHMARKS.md, 2026-12-02).
+# the held-out seeds 2001-2005 that bench/phase_quality.py scores (BENCHMARKS.md, 2026-12-02;
+# searched again for the offline temporal model on 2026-12-03, where any pair scores the same).
 PROGRESS_WEIGHT = 1.5
 TRANSITION_WEIGHT = 3.0
 TRANSITION_FLOOR = 1e-3
@@ -403,8 +477,9 @@ TRANSITION_FLOOR = 1e-3
 def decode_case(probs: np.ndarray, prior: PhasePrior) -> np.ndarray:
     """The most likely phase path of a whole case (Viterbi), one label per step.
 
-    The temporal model is causal: at minute 10 it cannot know that the case lasts 40. Once
-    the whole video is in, two things the training data knows help it: where in a case each
+    A causal model cannot know at minute 10 that the case lasts 40, and even the offline
+    model sees only a window of the case. Once the whole video is in, two things the training
+    data knows help both: where in a case each
     phase tends to fall (its progress profile, weighted by ``PROGRESS_WEIGHT``) and which phase
     follows which (transition counts, weighted by ``TRANSITION_WEIGHT``; a transition never
     seen keeps a small floor so an unusual case can still be followed). The model's

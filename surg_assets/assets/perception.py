@@ -359,11 +359,13 @@ class PhaseConfig(dg.Config):
     """Smoothing of the phase timeline."""
 
     min_segment_s: float = 10.0
-    # Decode the whole case under the model's training-data prior (phase order and timing);
-    # off: the causal per-second argmax, as a live view would see it.
+    # Whole cases are read by the offline temporal model (each second sees the past and the
+    # future) and decoded under the model's training-data prior (phase order and timing);
+    # off: the causal model's per-second argmax, as a live view would see it.
     whole_case_decoding: bool = True
     # Shorter videos are taken as excerpts, not whole cases: where a phase falls in a case says
-    # nothing about a clip cut from its middle, so they are decoded causally.
+    # nothing about a clip cut from its middle, and its last second is not the end of a case,
+    # so they are read causally.
     whole_case_min_s: float = 120.0
 
 
@@ -383,7 +385,8 @@ def phase_timeline(
     blob_store: BlobStore,
     registry: ModelRegistry,
 ) -> dg.MaterializeResult:
-    """Two-stage recognition (frame CNN + causal MS-TCN) at one frame per second."""
+    """Two-stage recognition (frame CNN + MS-TCN) at one frame per second."""
+    from ml_models.frames import frames_per_second
     from ml_models.phases import PhaseModel, segments_from_probabilities
 
     case_id = context.partition_key
@@ -391,10 +394,13 @@ def phase_timeline(
     model = PhaseModel.load(weights)
     model_version = f"phase_model:{version.version}"
     with blob_store.local_copy(processed_video_key(case_id)) as video:
-        times, probs = model.predict_video(video)
+        times, images = frames_per_second(video, model.sample_fps)
     step = 1.0 / model.sample_fps
     whole_case = config.whole_case_decoding and len(times) * step >= config.whole_case_min_s
+    probs = model.predict_images(images, causal=not whole_case)
     prior = model.prior if whole_case else None
+    # Bundles from before the offline model read whole cases causally too; say which it was.
+    reader = "causal TCN" if model.temporal_model(not whole_case).causal else "offline TCN"
     segments = segments_from_probabilities(probs, step, config.min_segment_s, prior)
     phases = table_from_rows(
         PHASES,
@@ -432,7 +438,9 @@ def phase_timeline(
             "key": key,
             "segments": phases.num_rows,
             "seconds_analysed": len(times),
-            "decoding": "whole case, training prior" if prior is not None else "causal argmax",
+            "decoding": (
+                f"whole case: {reader}, training prior" if prior is not None else "causal argmax"
+            ),
             "model_version": model_version,
             "preview": preview(phases, ["phase_name", "start_s", "end_s", "confidence"]),
         }

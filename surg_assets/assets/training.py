@@ -362,7 +362,9 @@ def _require_splits(splits: dict[str, list[Any]], manifest: dict[str, Any], what
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
     check_specs=[_check_spec("phase_model")],
-    description="The phase model (frame CNN + causal TCN) trained on a phase_dataset version.",
+    description=(
+        "The phase model (frame CNN + causal and offline TCNs) trained on a phase_dataset version."
+    ),
 )
 def phase_model(
     context: dg.AssetExecutionContext,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -42,13 +43,27 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
     )
     case_id = outcome.case_id
     job = defs().resolve_job_def("analyze_case")
+    store = resources["blob_store"]
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("cases", [case_id])
         result = job.execute_in_process(partition_key=case_id, instance=instance)
-    assert result.success
-    # A video under two minutes is an excerpt: no whole-case prior on where phases fall.
-    [phases] = result.asset_materializations_for_node("phase_timeline")
-    assert phases.metadata["decoding"].value == "causal argmax"
+        assert result.success
+        # A video under two minutes is an excerpt: read causally, no whole-case prior.
+        [phases] = result.asset_materializations_for_node("phase_timeline")
+        assert phases.metadata["decoding"].value == "causal argmax"
+        causal = read_table(store, case_id, "phase_probabilities.parquet").to_pandas()
+        # Taken as a whole case, the same video is read by the offline temporal model.
+        whole = job.execute_in_process(
+            run_config={"ops": {"phase_timeline": {"config": {"whole_case_min_s": 10.0}}}},
+            partition_key=case_id,
+            instance=instance,
+            asset_selection=[dg.AssetKey("phase_timeline")],
+        )
+        [rerun] = whole.asset_materializations_for_node("phase_timeline")
+        assert rerun.metadata["decoding"].value == "whole case: offline TCN, training prior"
+        offline = read_table(store, case_id, "phase_probabilities.parquet").to_pandas()
+        assert len(offline) == len(causal)
+        assert not np.allclose(offline.probability, causal.probability)
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {
         "transcoded_video_meets_contract": True,
@@ -60,7 +75,6 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
         "analysis_meets_contract": True,
         "report_is_valid_and_grounded": True,
     }
-    store = resources["blob_store"]
     for name, schema in [
         ("detections.parquet", DETECTIONS),
         ("tracks.parquet", TRACKS),

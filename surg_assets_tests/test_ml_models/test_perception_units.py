@@ -22,7 +22,7 @@ from ml_models.events import (
     scene_cuts,
 )
 from ml_models.frames import frames_per_second
-from ml_models.phases import CausalMSTCN, PhasePrior, decode_case, segments_from_probabilities
+from ml_models.phases import MSTCN, PhasePrior, decode_case, segments_from_probabilities
 from ml_models.tables import DETECTIONS, EVENTS, TRACKS, table_from_rows
 from ml_models.tracking import track_detections, usage_intervals
 from ml_models.video import _decode_skipping, may_be_sampled, sample_frames, write_sample_video
@@ -286,7 +286,7 @@ def _runs_of(path: np.ndarray) -> list[tuple[int, int]]:
 
 def test_temporal_model_is_causal() -> None:
     torch.manual_seed(0)
-    model = CausalMSTCN(in_dim=8, n_classes=4, stages=2, channels=8, layers=4).eval()
+    model = MSTCN(in_dim=8, n_classes=4, stages=2, channels=8, layers=4).eval()
     x = torch.randn(1, 8, 50)
     y = x.clone()
     y[:, :, 30:] = torch.randn(1, 8, 20)  # change only the future
@@ -294,6 +294,54 @@ def test_temporal_model_is_causal() -> None:
         a, b = model(x)[-1], model(y)[-1]
     assert torch.allclose(a[:, :, :30], b[:, :, :30], atol=1e-6)
     assert not torch.allclose(a[:, :, 30:], b[:, :, 30:])
+
+
+def test_offline_temporal_model_sees_the_future() -> None:
+    torch.manual_seed(0)
+    model = MSTCN(in_dim=8, n_classes=4, stages=2, channels=8, layers=4, causal=False).eval()
+    x = torch.randn(1, 8, 50)
+    y = x.clone()
+    y[:, :, 30:] = torch.randn(1, 8, 20)
+    with torch.no_grad():
+        a, b = model(x)[-1], model(y)[-1]
+    assert a.shape == (1, 4, 50)
+    # Each stage sees 1 + 2 + 4 + 8 = 15 steps ahead: two stages reach back to step 0.
+    assert not torch.allclose(a[:, :, :30], b[:, :, :30])
+
+
+def test_offline_model_finds_a_phase_that_only_its_end_reveals() -> None:
+    # Phase 1 is the 8 steps before a marker, as clipping is the time before the clips are
+    # seen on the duct; nothing in the phase itself shows it. The causal model cannot know it
+    # until too late; the offline model reads it from what follows.
+    from ml_models.phases import train_temporal_model
+
+    rng = np.random.default_rng(5)
+
+    def video() -> tuple[np.ndarray, np.ndarray]:
+        feats = rng.normal(0, 0.3, (60, 4)).astype(np.float32)
+        labels = np.zeros(60, np.int64)
+        t0 = int(rng.integers(15, 55))
+        feats[t0, 0] = 3.0
+        labels[t0 - 8 : t0] = 1
+        return feats, labels
+
+    train = [video() for _ in range(16)]
+    test = [video() for _ in range(8)]
+    feats, labels = [f for f, _ in train], [y for _, y in train]
+    jaccard = {}
+    for causal in (True, False):
+        model = train_temporal_model(feats, labels, 2, 4, 40, seed=0, causal=causal)
+        inter = union = 0
+        for f, y in test:
+            with torch.no_grad():
+                found = model(torch.from_numpy(f.T[None]))[-1][0].argmax(0).numpy() == 1
+            inter += (found & (y == 1)).sum()
+            union += (found | (y == 1)).sum()
+        jaccard[causal] = inter / union
+    # Phase 1's Jaccard: the causal model can only guess where it falls (0.0-0.3 over data
+    # and training seeds), the offline one finds it (0.9-1.0).
+    assert jaccard[False] > 0.8
+    assert jaccard[True] < 0.45
 
 
 def test_black_and_colour_bar_scores() -> None:
@@ -437,7 +485,22 @@ def test_phase_model_keeps_its_depth_through_save_and_load(tmp_path: Path) -> No
     model.save(tmp_path / "phase.pt")
     loaded = PhaseModel.load(tmp_path / "phase.pt")
     assert len(loaded.temporal.stages[0].blocks) == 5
-    assert np.allclose(loaded.predict_images(videos[0][0]), model.predict_images(videos[0][0]))
+    assert len(loaded.offline.stages[0].blocks) == 5
+    assert loaded.temporal.causal and not loaded.offline.causal
+    frames = videos[0][0]
+    for causal in (True, False):
+        expected = model.predict_images(frames, causal=causal)
+        assert np.allclose(loaded.predict_images(frames, causal=causal), expected)
+    # Whole videos get the offline model by default, a different reading from the causal one.
+    assert np.array_equal(model.predict_images(frames), model.predict_images(frames, causal=False))
+    assert not np.allclose(model.predict_images(frames), model.predict_images(frames, causal=True))
+    # The causal model has its own seed: training the offline one too does not change it.
+    alone = train_phase_model(
+        videos, ["a", "b"], encoder_epochs=1, temporal_epochs=1, layers=5, encoder_frames=16,
+        offline=False,
+    )  # fmt: skip
+    assert alone.offline is None
+    assert np.allclose(alone.predict_images(frames), model.predict_images(frames, causal=True))
 
 
 def test_phase_encoder_learns_tool_presence_beside_the_phase(tmp_path: Path) -> None:
@@ -493,7 +556,7 @@ def test_max_pooled_encoder_learns_a_small_detail_anywhere_in_the_frame() -> Non
         FrameCNN(2, pool="median")
 
 
-def test_phase_bundle_without_a_pool_loads_as_the_mean_pooled_encoder(tmp_path: Path) -> None:
+def test_phase_bundle_without_pool_or_offline_model_loads_as_before(tmp_path: Path) -> None:
     # Bundles written before the pool was recorded hold a mean-pooled encoder; they must load
     # and predict as they did.
     from ml_models.phases import PhaseModel, train_phase_model
@@ -506,11 +569,15 @@ def test_phase_bundle_without_a_pool_loads_as_the_mean_pooled_encoder(tmp_path: 
     model.save(tmp_path / "phase.pt")
     blob = torch.load(tmp_path / "phase.pt", weights_only=False)
     assert blob["pool"] == "avg"
-    del blob["pool"]
+    # Nor did they hold an offline temporal model: they read whole videos causally, as before.
+    for key in ("pool", "offline", "offline_stages", "offline_layers"):
+        del blob[key]
     torch.save(blob, tmp_path / "legacy.pt")
     loaded = PhaseModel.load(tmp_path / "legacy.pt")
     assert loaded.encoder.pool == "avg"
-    assert np.allclose(loaded.predict_images(videos[0][0]), model.predict_images(videos[0][0]))
+    assert loaded.offline is None
+    causal = model.predict_images(videos[0][0], causal=True)
+    assert np.allclose(loaded.predict_images(videos[0][0]), causal)
     maxed = train_phase_model(videos, ["a", "b"], encoder_epochs=1, temporal_epochs=1, layers=3)
     maxed.save(tmp_path / "maxed.pt")
     assert PhaseModel.load(tmp_path / "maxed.pt").encoder.pool == "avgmax"
