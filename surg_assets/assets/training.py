@@ -423,7 +423,10 @@ def phase_model(
             hyperparameters=config.model_dump(),
             train_seconds=round(time.perf_counter() - started, 1),
             evaluation="frame accuracy at 1 fps on the snapshot's held-out split",
-            onnx={"input": "frames (T, 3, 96, 96), normalised", "output": "(T, phases)"},
+            onnx={
+                "input": "frames (T, 3, 96, 96), normalised",
+                "output": "(T, phases) of the offline temporal model (the whole video at once)",
+            },
         )
         yield from _govern(
             context,
