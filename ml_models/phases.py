@@ -477,14 +477,13 @@ TRANSITION_FLOOR = 1e-3
 def decode_case(probs: np.ndarray, prior: PhasePrior) -> np.ndarray:
     """The most likely phase path of a whole case (Viterbi), one label per step.
 
-    A causal model cannot know at minute 10 that the case lasts 40, and even the offline
-    model sees only a window of the case. Once the whole video is in, two things the training
-    data knows help both: where in a case each
-    phase tends to fall (its progress profile, weighted by ``PROGRESS_WEIGHT``) and which phase
-    follows which (transition counts, weighted by ``TRANSITION_WEIGHT``; a transition never
-    seen keeps a small floor so an unusual case can still be followed). The model's
-    probabilities are divided by the phase frequencies first (a hybrid HMM's scaled
-    likelihoods), so long phases do not win twice.
+    A causal model cannot know at minute 10 that the case lasts 40, and even the offline model
+    sees only a window of the case. Once the whole video is in, two things the training data
+    knows help both: where in a case each phase tends to fall (its progress profile, weighted by
+    ``PROGRESS_WEIGHT``) and which phase follows which (transition counts, weighted by
+    ``TRANSITION_WEIGHT``; a transition never seen keeps a small floor so an unusual case can
+    still be followed). The model's probabilities are divided by the phase frequencies first (a
+    hybrid HMM's scaled likelihoods), so long phases do not win twice.
     """
     n, k = probs.shape
     progress = prior.progress[_progress_bins(n, prior.progress.shape[0])] + 1.0
