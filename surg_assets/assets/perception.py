@@ -400,7 +400,7 @@ def phase_timeline(
     probs = model.predict_images(images, causal=not whole_case)
     prior = model.prior if whole_case else None
     # Bundles from before the offline model read whole cases causally too; say which it was.
-    reader = "causal TCN" if model.temporal_model(not whole_case).causal else "offline TCN"
+    reader = "offline TCN" if model.offline is not None else "causal TCN"
     segments = segments_from_probabilities(probs, step, config.min_segment_s, prior)
     phases = table_from_rows(
         PHASES,
