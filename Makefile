@@ -25,16 +25,19 @@ $(TOOLS)/.installed: deploy/requirements-tools.txt
 	$(TOOLS)/bin/pip install -r deploy/requirements-tools.txt
 	touch $@
 
-# Default models (synthetic data only). Committed weights make this a no-op on a fresh clone;
-# `make models` retrains them from scratch: far longer than 15 minutes on 2 cores (the phase model
-# alone took 1,202 s on 2026-12-02); each model card in cards.json records its training time.
-DEFAULT_WEIGHTS := ml_models/default_weights/instrument_detector.pt
+# Default models (synthetic data only). Committed weights make the first `make demo` skip
+# training. `make models` retrains them with the shipped recipe: far longer than 15 minutes on
+# 2 cores (each model card in cards.json records its training time). A clone without weights
+# gets the quick recipe before its first demo instead: under 15 minutes on 2 cores, with a
+# progress bar, lower quality (BENCHMARKS.md, "Quick default models").
+WEIGHTS_DIR := ml_models/default_weights
+DEFAULT_WEIGHTS := $(addprefix $(WEIGHTS_DIR)/,out_of_body_model.pt phase_model.pt instrument_detector.pt)
 
 models: install
 	$(BIN)/surg models train-defaults
 
-$(DEFAULT_WEIGHTS):
-	$(MAKE) models
+$(DEFAULT_WEIGHTS): | install
+	$(BIN)/surg models train-defaults --recipe quick --only $(basename $(notdir $@))
 
 demo: install $(DEFAULT_WEIGHTS)
 	$(BIN)/surg demo

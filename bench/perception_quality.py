@@ -6,7 +6,10 @@ body frame accuracy; black / colour-bar / scene-cut recall; and on the real Chol
 frames flagged out-of-body (should be none) and how often the detector finds the instrument named
 in each clip's action label. Results are appended to BENCHMARKS.md::
 
-    python bench/perception_quality.py [--minutes 3] [--seed 2001]
+    python bench/perception_quality.py [--minutes 3] [--seed 2001] [--weights DIR] [--no-append]
+
+``--weights`` scores another set of default weights (such as the quick recipe's) instead of the
+shipped ones in ``ml_models/default_weights``.
 """
 
 from __future__ import annotations
@@ -163,19 +166,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=2001)
+    parser.add_argument("--weights", type=Path, default=None, help="Default: the shipped ones.")
+    parser.add_argument("--no-append", action="store_true", help="Print only.")
     args = parser.parse_args()
     from _cases import held_out_case
 
+    def weights(name: str) -> Path:
+        return args.weights / f"{name}.pt" if args.weights else default_weights_file(name)
+
     models = {
-        "detector": load_model(default_weights_file("instrument_detector")),
-        "phases": PhaseModel.load(default_weights_file("phase_model")),
-        "oob": OutOfBodyClassifier.load(default_weights_file("out_of_body_model")),
+        "detector": load_model(weights("instrument_detector")),
+        "phases": PhaseModel.load(weights("phase_model")),
+        "oob": OutOfBodyClassifier.load(weights("out_of_body_model")),
     }
     figures = synthetic_figures(held_out_case(args.minutes, args.seed), models)
     figures.update(real_clip_figures(models))
     print(json.dumps(figures, indent=1, default=float))
+    if args.no_append:
+        return
+    which = f"weights in {args.weights}" if args.weights else "default models"
     lines = [
-        f"\n## Perception quality (default models), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
+        f"\n## Perception quality ({which}), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
         f"`python bench/perception_quality.py --minutes {args.minutes:g} --seed {args.seed}` on "
         f"{platform.machine()}, Python {platform.python_version()}. Held-out synthetic case "
         f"(seed {args.seed}, never used in training); detection, tracking at {SAMPLE_FPS:g} fps.\n",

@@ -191,6 +191,7 @@ def train_detector(
     seed: int = 0,
     workers: int = 0,
     extra: dict[str, Any] | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the segmentation detector on a YOLO dataset; return the best weights and metrics.
 
@@ -206,6 +207,7 @@ def train_detector(
         seed: Seed for reproducibility.
         workers: Dataloader workers (0 keeps memory predictable on small machines).
         extra: More ultralytics training arguments.
+        on_epoch: Called with the epoch number (from 1) after each epoch's validation.
     """
     ultralytics_offline()
     from ultralytics import YOLO
@@ -214,6 +216,15 @@ def train_detector(
         raise InputError("the detector dataset's data.yaml does not exist; check --data.")
     started = time.perf_counter()
     model = YOLO(str(init), task="segment")
+    if on_epoch is not None:
+
+        def tell(trainer: Any) -> None:
+            # Ultralytics fires this hook once more after its final validation of the best
+            # weights, as epoch ``epochs + 1``: that is not an epoch of training.
+            if trainer.epoch < trainer.epochs:
+                on_epoch(trainer.epoch + 1)
+
+        model.add_callback("on_fit_epoch_end", tell)
     out_dir = Path(out_dir).resolve()
     model.train(
         data=str(data_yaml),

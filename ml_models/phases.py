@@ -12,6 +12,7 @@ duct) more than in its own first seconds. The phase vocabulary comes from the tr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,7 @@ def train_phase_model(
     encoder_set: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     pool: str = "avgmax",
     offline: bool = True,
+    step: Callable[[str], None] | None = None,
 ) -> PhaseModel:
     """Train both stages.
 
@@ -264,6 +266,8 @@ def train_phase_model(
         offline: Also train a non-causal temporal model on the same features, for whole
             videos (:attr:`PhaseModel.offline`; validation: BENCHMARKS.md, "Offline temporal
             model").
+        step: Optional callable told of each unit of progress: the frame encoder, then every
+            temporal epoch (``1 + 2 * temporal_epochs`` calls with ``offline``).
     """
     torch.manual_seed(seed)
     n = len(phases)
@@ -287,12 +291,16 @@ def train_phase_model(
     )
     if log:
         log(f"frame encoder trained in {time.perf_counter() - started:.0f} s")
+    if step:
+        step("phase frame encoder trained")
     feats = [embed_images(encoder, imgs) for imgs, _ in videos]
     labels = [v[1] for v in videos]
-    temporal = train_temporal_model(feats, labels, n, layers, temporal_epochs, seed, True, log)
+    temporal = train_temporal_model(
+        feats, labels, n, layers, temporal_epochs, seed, True, log, step
+    )
     # Its own seed, so the causal model is the same whether or not this one is trained.
     whole = (
-        train_temporal_model(feats, labels, n, layers, temporal_epochs, seed + 1, False, log)
+        train_temporal_model(feats, labels, n, layers, temporal_epochs, seed + 1, False, log, step)
         if offline
         else None
     )
@@ -310,8 +318,10 @@ def train_temporal_model(
     seed: int,
     causal: bool,
     log: Any = None,
+    step: Callable[[str], None] | None = None,
 ) -> MSTCN:
-    """Train one MS-TCN on whole videos' frame features (one video per step)."""
+    """Train one MS-TCN on whole videos' frame features (one video per optimiser step);
+    ``step`` is told of each epoch."""
     torch.manual_seed(seed)
     temporal = MSTCN(feats[0].shape[1], n_classes, layers=layers, causal=causal)
     opt = torch.optim.AdamW(temporal.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -331,6 +341,8 @@ def train_temporal_model(
             opt.step()
         if log and (epoch + 1) % 20 == 0:
             log(f"{name} temporal model epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
+        if step:
+            step(f"{name} temporal model epoch {epoch + 1}/{epochs}")
     temporal.eval()
     return temporal
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
 
 Log = Callable[[str], None]
+# Called once per unit of training progress, with what was just done (progress bars).
+Step = Callable[[str], None]
 
 
 def synthetic_corpus(
@@ -29,21 +32,28 @@ def synthetic_corpus(
     minutes: float,
     size: tuple[int, int] = (854, 480),
     log: Log | None = None,
+    step: Step | None = None,
 ) -> list[Path]:
-    """Generate (or reuse) one synthetic case per seed under ``root/seed-N``."""
+    """Generate (or reuse) one synthetic case per seed under ``root/seed-N``; ``step`` is
+    called after each."""
     from ml_models.synthetic import generate
 
     out = []
     for seed in seeds:
         folder = Path(root) / f"seed-{seed}"
         summary = folder / "summary.json"
-        if not (summary.exists() and json.loads(summary.read_text()).get("seed") == seed):
+        done = json.loads(summary.read_text()) if summary.exists() else {}
+        # A case of another length (the quick recipe's, say) is rendered again.
+        same = abs(float(done.get("duration_s", -1)) - minutes * 60) < 1
+        if not (done.get("seed") == seed and same):
             started = time.perf_counter()
             generate(folder, minutes=minutes, seed=seed, size=size)
             if log:
                 took = time.perf_counter() - started
                 log(f"synthetic case seed {seed}: {minutes:g} min rendered in {took:.0f} s")
         out.append(folder)
+        if step:
+            step(f"synthetic case {len(out)}/{len(seeds)}")
     return out
 
 
@@ -197,6 +207,7 @@ def render_phase_cases(
     size: tuple[int, int] = (854, 480),
     fps: int = 25,
     log: Log | None = None,
+    step: Step | None = None,
 ) -> list[PhaseCase]:
     """Render synthetic cases straight at 1 fps for the phase model: prepared frames, phase ids
     and instrument presence (the instruments the renderer drew in each frame).
@@ -227,6 +238,8 @@ def render_phase_cases(
         if log:
             took = time.perf_counter() - started
             log(f"phase case seed {seed}: {mins:.1f} min at 1 fps rendered in {took:.0f} s")
+        if step:
+            step(f"phase case {len(out)}/{len(seeds)} rendered")
     return out
 
 
@@ -239,6 +252,7 @@ def train_phases(
     encoder_frames: int | None = None,
     layers: int = 8,
     log: Log | None = None,
+    step: Step | None = None,
 ) -> tuple[Path, dict[str, float]]:
     """Train the two-stage phase model on whole synthetic cases.
 
@@ -266,6 +280,7 @@ def train_phases(
         encoder_frames=encoder_frames,
         layers=layers,
         log=log,
+        step=step,
         tools=tools if all(t is not None for t in tools) else None,
         encoder_set=(
             (
@@ -288,46 +303,118 @@ def train_phases(
     return out, {"train_frame_accuracy": acc, "videos": float(len(videos))}
 
 
-# The phase model's corpus: full-length cases, long and short, none of them a held-out seed
-# (2001+ are kept for evaluation). Lengths are log-uniform so every phase is seen both brief
-# and long, as in real recordings (Cholec80: 15 to 90 minutes).
 DEFAULT_MODEL_NAMES = ("out_of_body_model", "phase_model", "instrument_detector")
 # The detector's second stage: twelve more short cases (seeds no evaluation uses).
 DETECTOR_FINETUNE_SEEDS = tuple(range(1005, 1017))
-DETECTOR_FINETUNE_MINUTES = 2.0
+# The phase model's corpus: full-length cases, long and short, none of them a held-out seed
+# (2001+ are kept for evaluation). Lengths are log-uniform so every phase is seen both brief
+# and long, as in real recordings (Cholec80: 15 to 90 minutes).
 PHASE_CORPUS_SEEDS = tuple(range(3001, 3025))
-PHASE_CORPUS_MINUTES = (2.0, 40.0)
 # The phase model's frame encoder learns from many short scenes instead (1.5 min: every phase,
 # compressed): 24 scenes taught it the scenes more than the phases.
 PHASE_ENCODER_SEEDS = tuple(range(4001, 4161))
-PHASE_ENCODER_MINUTES = 1.5
 
 
-def phase_corpus_minutes(seeds: tuple[int, ...] = PHASE_CORPUS_SEEDS) -> list[float]:
-    """The length of each phase-corpus case, fixed by its seed."""
-    lo, hi = (np.log(m) for m in PHASE_CORPUS_MINUTES)
-    return [float(np.exp(np.random.default_rng([s, 9]).uniform(lo, hi))) for s in seeds]
+@dataclass(frozen=True)
+class DefaultRecipe:
+    """How much data and training the default models get.
+
+    :data:`FULL_RECIPE` is what trained the shipped weights (`make models`, well over an hour
+    on 2 cores); :data:`QUICK_RECIPE` is the budget a fresh clone without weights gets before
+    its first `make demo` (under 15 minutes on 2 cores, lower quality: BENCHMARKS.md).
+    """
+
+    name: str
+    case_seeds: tuple[int, ...] = (1001, 1002, 1003, 1004)
+    case_minutes: float = 3.0
+    detector_epochs: int = 40
+    detector_imgsz: int = 320
+    detector_batch: int = 16
+    detector_args: dict[str, Any] = field(default_factory=dict)  # more ultralytics arguments
+    finetune_seeds: tuple[int, ...] = DETECTOR_FINETUNE_SEEDS
+    finetune_minutes: float = 2.0
+    finetune_epochs: int = 10
+    phase_seeds: tuple[int, ...] = PHASE_CORPUS_SEEDS
+    phase_minutes: tuple[float, float] = (2.0, 40.0)
+    encoder_seeds: tuple[int, ...] = PHASE_ENCODER_SEEDS
+    encoder_minutes: float = 1.5
+    encoder_epochs: int = 10
+    temporal_layers: int = 10
+    temporal_epochs: int = 80
+    out_of_body_epochs: int = 6
+
+    def phase_case_minutes(self) -> list[float]:
+        """The length of each phase-corpus case, fixed by its seed (log-uniform in the range)."""
+        lo, hi = (np.log(m) for m in self.phase_minutes)
+        draws = [np.random.default_rng([s, 9]).uniform(lo, hi) for s in self.phase_seeds]
+        return [float(np.exp(d)) for d in draws]
+
+    def steps(self, wanted: set[str]) -> int:
+        """How many progress steps :func:`train_default_models` reports for ``wanted`` models."""
+        n = 0
+        if wanted & {"out_of_body_model", "instrument_detector"}:
+            n += len(self.case_seeds)
+        if "out_of_body_model" in wanted:
+            n += 1
+        if "phase_model" in wanted:
+            # Rendered cases, the frame encoder, then each temporal model's epochs.
+            n += len(self.phase_seeds) + len(self.encoder_seeds) + 1 + 2 * self.temporal_epochs
+        if "instrument_detector" in wanted:
+            n += self.detector_epochs + 1
+            if self.finetune_epochs:
+                n += len(self.finetune_seeds) + self.finetune_epochs
+        return n
+
+
+FULL_RECIPE = DefaultRecipe("full")
+# Sized on 2 cores (BENCHMARKS.md, "Quick default models"): fewer, shorter cases, fewer epochs.
+# Every seed is one the full recipe trains on too, so no held-out seed is ever trained on.
+QUICK_RECIPE = DefaultRecipe(
+    "quick",
+    # Six short scenes teach the detector more than two long ones of the same frame count.
+    case_seeds=(1001, 1002, 1003, 1005, 1006, 1007, 1004),
+    case_minutes=0.6,
+    detector_epochs=12,
+    # Ultralytics accumulates gradients up to a nominal batch of 64: on ~200 images that is
+    # three optimiser steps an epoch, and a detector from scratch found nothing after 6 epochs.
+    # One step per batch of 8 (and AdamW at a fixed rate, a one-epoch warm-up) learns in time.
+    detector_batch=8,
+    detector_args={
+        "nbs": 8,
+        "optimizer": "AdamW",
+        "lr0": 0.002,
+        "warmup_epochs": 1,
+        "close_mosaic": 2,
+    },
+    finetune_epochs=0,
+    phase_seeds=PHASE_CORPUS_SEEDS[:8],
+    phase_minutes=(2.0, 12.0),
+    encoder_seeds=PHASE_ENCODER_SEEDS[:40],
+    encoder_epochs=6,
+    temporal_layers=9,
+    temporal_epochs=40,
+)
+RECIPES = {r.name: r for r in (FULL_RECIPE, QUICK_RECIPE)}
 
 
 def train_default_models(
     work_dir: str | Path,
     out_dir: str | Path,
-    seeds: tuple[int, ...] = (1001, 1002, 1003, 1004),
-    minutes: float = 3.0,
-    detector_epochs: int = 8,
-    imgsz: int = 320,
+    recipe: DefaultRecipe = FULL_RECIPE,
     log: Log | None = None,
     only: tuple[str, ...] = (),
-    detector_finetune_epochs: int = 0,
+    step: Step | None = None,
 ) -> DefaultModels:
-    """The reproducible recipe for the shipped default models (synthetic data only).
+    """The reproducible recipe for the default models (synthetic data only).
 
-    The last seed's case is held out for validation of the detector; the out-of-body model
-    trains on the others. The phase model trains on its own corpus of full-length cases
-    rendered at 1 fps (:data:`PHASE_CORPUS_SEEDS`). ``only`` names the models to retrain
-    (default: all of :data:`DEFAULT_MODEL_NAMES`). ``detector_finetune_epochs`` > 0 continues
-    the detector on a wider corpus (:data:`DETECTOR_FINETUNE_SEEDS`, same validation case): the
-    first stage sees only three cases, and more scenes teach more than more epochs.
+    The last of ``recipe.case_seeds`` is held out for validation of the detector; the
+    out-of-body model trains on the others. The phase model trains on its own corpus of
+    full-length cases rendered at 1 fps (``recipe.phase_seeds``) and a frame encoder on many
+    short ones (``recipe.encoder_seeds``). ``only`` names the models to retrain (default: all
+    of :data:`DEFAULT_MODEL_NAMES`). ``recipe.finetune_epochs`` > 0 continues the detector on a
+    wider corpus (``recipe.finetune_seeds``, same validation case): the first stage sees only
+    a few cases, and more scenes teach more than more epochs. ``step`` is called once per
+    progress step (:meth:`DefaultRecipe.steps` counts them) with what was just done.
 
     Returns:
         Weights files in ``out_dir`` (``instrument_detector.pt``, ``phase_model.pt``,
@@ -336,38 +423,49 @@ def train_default_models(
     from ml_models.detector import evaluate_detector, train_detector
 
     log = log or (lambda _msg: None)
+    step = step or (lambda _what: None)
     work, out = Path(work_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = DefaultModels()
     wanted = set(only) if only else set(DEFAULT_MODEL_NAMES)
     cases: list[Path] = []
+    r = recipe
     if wanted & {"out_of_body_model", "instrument_detector"}:
         started = time.perf_counter()
-        cases = synthetic_corpus(work / "synthetic", list(seeds), minutes, log=log)
+        cases = synthetic_corpus(
+            work / "synthetic", list(r.case_seeds), r.case_minutes, log=log, step=step
+        )
         result.seconds["synthetic"] = time.perf_counter() - started
 
     if "out_of_body_model" in wanted:
         started = time.perf_counter()
         sampled = sample_cases(cases[:-1])
-        path, metrics = train_out_of_body(sampled, out / "out_of_body_model.pt")
+        path, metrics = train_out_of_body(
+            sampled, out / "out_of_body_model.pt", epochs=r.out_of_body_epochs
+        )
         result.files["out_of_body_model"], result.metrics["out_of_body_model"] = path, metrics
         result.seconds["out_of_body_model"] = time.perf_counter() - started
         log(f"out-of-body classifier: {metrics}")
+        step("out-of-body classifier trained")
 
     if "phase_model" in wanted:
         started = time.perf_counter()
-        phase_cases = render_phase_cases(list(PHASE_CORPUS_SEEDS), phase_corpus_minutes(), log=log)
+        phase_cases = render_phase_cases(
+            list(r.phase_seeds), r.phase_case_minutes(), log=log, step=step
+        )
         encoder_cases = render_phase_cases(
-            list(PHASE_ENCODER_SEEDS), [PHASE_ENCODER_MINUTES] * len(PHASE_ENCODER_SEEDS)
+            list(r.encoder_seeds), [r.encoder_minutes] * len(r.encoder_seeds), step=step
         )
         log(f"phase encoder corpus: {len(encoder_cases)} short cases rendered")
         path, metrics = train_phases(
             phase_cases,
             out / "phase_model.pt",
             encoder_cases=encoder_cases,
-            layers=10,
-            temporal_epochs=80,
+            encoder_epochs=r.encoder_epochs,
+            layers=r.temporal_layers,
+            temporal_epochs=r.temporal_epochs,
             log=log,
+            step=step,
         )
         result.files["phase_model"], result.metrics["phase_model"] = path, metrics
         result.seconds["phase_model"] = time.perf_counter() - started
@@ -375,31 +473,43 @@ def train_default_models(
 
     if "instrument_detector" in wanted:
         started = time.perf_counter()
+
+        def fit(data: Path, run: str, epochs: int, what: str, init: Path | None = None) -> Path:
+            """One detector stage with the recipe's settings; its best weights."""
+            return train_detector(
+                data,
+                work / run,
+                epochs=epochs,
+                imgsz=r.detector_imgsz,
+                batch=r.detector_batch,
+                extra=r.detector_args,
+                on_epoch=lambda e: step(f"{what} epoch {e}/{epochs}"),
+                **({"init": init} if init else {}),
+            ).weights
+
         data = detector_dataset(cases, work / "detector-dataset", val_cases=1)
-        trained = train_detector(data, work / "detector-runs", epochs=detector_epochs, imgsz=imgsz)
-        if detector_finetune_epochs > 0:
+        weights = fit(data, "detector-runs", r.detector_epochs, "detector")
+        if r.finetune_epochs > 0:
             extra = synthetic_corpus(
                 work / "synthetic-finetune",
-                list(DETECTOR_FINETUNE_SEEDS),
-                DETECTOR_FINETUNE_MINUTES,
+                list(r.finetune_seeds),
+                r.finetune_minutes,
                 log=log,
+                step=step,
             )
             data = detector_dataset(
                 cases[:-1] + extra + cases[-1:], work / "detector-dataset-wide", val_cases=1
             )
-            trained = train_detector(
-                data,
-                work / "detector-runs-wide",
-                epochs=detector_finetune_epochs,
-                imgsz=imgsz,
-                init=trained.weights,
+            weights = fit(
+                data, "detector-runs-wide", r.finetune_epochs, "detector fine-tuning", weights
             )
-        shutil.copyfile(trained.weights, out / "instrument_detector.pt")
-        metrics = evaluate_detector(out / "instrument_detector.pt", data, imgsz=imgsz)
+        shutil.copyfile(weights, out / "instrument_detector.pt")
+        metrics = evaluate_detector(out / "instrument_detector.pt", data, imgsz=r.detector_imgsz)
         result.files["instrument_detector"] = out / "instrument_detector.pt"
         result.metrics["instrument_detector"] = metrics
         result.seconds["instrument_detector"] = time.perf_counter() - started
         log(f"instrument detector: {metrics}")
+        step("instrument detector evaluated")
     return result
 
 

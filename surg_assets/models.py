@@ -56,6 +56,7 @@ def approved_model(registry: ModelRegistry, name: str) -> tuple[ModelVersion, Pa
         ensure_default_models(registry)
     if registry.newest_approved(name) is None:
         raise InputError(
-            f"no Approved {name} and no default weights; run `make models` to train the defaults."
+            f"no Approved {name} and no default weights; train the defaults with `surg models "
+            "train-defaults --recipe quick` (under 15 minutes on 2 cores) or `make models`."
         )
     return registry.approved_file(name)
