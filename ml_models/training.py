@@ -420,7 +420,7 @@ def train_default_models(
         Weights files in ``out_dir`` (``instrument_detector.pt``, ``phase_model.pt``,
         ``out_of_body_model.pt``) with their metrics and timings.
     """
-    from ml_models.detector import evaluate_detector, train_detector
+    from ml_models.detector import DEFAULT_ARCH, evaluate_detector, train_detector
 
     log = log or (lambda _msg: None)
     step = step or (lambda _what: None)
@@ -474,21 +474,21 @@ def train_default_models(
     if "instrument_detector" in wanted:
         started = time.perf_counter()
 
-        def fit(data: Path, run: str, epochs: int, what: str, init: Path | None = None) -> Path:
+        def fit(data: Path, run: str, epochs: int, what: str, init: str | Path) -> Path:
             """One detector stage with the recipe's settings; its best weights."""
             return train_detector(
                 data,
                 work / run,
                 epochs=epochs,
                 imgsz=r.detector_imgsz,
+                init=init,
                 batch=r.detector_batch,
                 extra=r.detector_args,
                 on_epoch=lambda e: step(f"{what} epoch {e}/{epochs}"),
-                **({"init": init} if init else {}),
             ).weights
 
         data = detector_dataset(cases, work / "detector-dataset", val_cases=1)
-        weights = fit(data, "detector-runs", r.detector_epochs, "detector")
+        weights = fit(data, "detector-runs", r.detector_epochs, "detector", DEFAULT_ARCH)
         if r.finetune_epochs > 0:
             extra = synthetic_corpus(
                 work / "synthetic-finetune",

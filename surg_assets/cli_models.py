@@ -334,8 +334,9 @@ def models_train_defaults(
         raise InputError(f"--only {unknown[0]} is not a default model; choose from {names}.")
     if recipe_name not in RECIPES:
         raise InputError(f"--recipe {recipe_name} is unknown; choose from {', '.join(RECIPES)}.")
-    for option, value in (("--epochs", epochs), ("--finetune-epochs", finetune_epochs)):
-        if value is not None and value < (1 if option == "--epochs" else 0):
+    limits = (("--epochs", epochs, 1), ("--finetune-epochs", finetune_epochs, 0))
+    for option, value, least in limits:
+        if value is not None and value < least:
             raise InputError(f"{option} must be a whole number of epochs; got {value}.")
     recipe = RECIPES[recipe_name]
     overrides = {"detector_epochs": epochs, "finetune_epochs": finetune_epochs}
