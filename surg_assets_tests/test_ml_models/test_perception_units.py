@@ -168,6 +168,52 @@ def test_an_instrument_entering_where_another_left_gets_its_own_track(tracker: s
     assert list(ids["grasper"]) == [1] and list(ids["hook"]) == [2]
 
 
+def test_duplicates_are_suppressed_whatever_their_class_and_separate_boxes_kept() -> None:
+    boxes = np.array(
+        [
+            [100, 100, 400, 200],  # 0: a whole hook, 0.9
+            [330, 110, 390, 190],  # 1: its tip inside it, as another class, 0.5
+            [105, 102, 395, 205],  # 2: the same hook again (IoU 0.95), 0.6
+            [500, 100, 700, 300],  # 3: another instrument, apart
+            [380, 150, 520, 260],  # 4: crossing 0 and 3, neither nested nor IoU > 0.6
+        ],
+        np.float32,
+    )
+    scores = np.array([0.9, 0.5, 0.6, 0.8, 0.7])
+    assert list(tracking.suppress_duplicates(boxes, scores)) == [0, 3, 4]
+    # A confident tip in a less confident whole box: the whole box is the duplicate.
+    assert list(tracking.suppress_duplicates(boxes[:2], np.array([0.4, 0.9]))) == [1]
+    # Without the nesting rule the tip stays (it overlaps the whole box at IoU 0.16 only).
+    assert list(tracking.suppress_duplicates(boxes[:2], scores[:2], inside=1.0)) == [0, 1]
+    assert list(tracking.suppress_duplicates(boxes[:1], scores[:1])) == [0]
+    assert len(tracking.suppress_duplicates(np.zeros((0, 4)), np.zeros(0))) == 0
+
+
+@pytest.mark.parametrize("tracker", ["bytetrack", "botsort"])
+def test_a_tip_detected_inside_an_instrument_does_not_make_a_second_track(tracker: str) -> None:
+    # The detector sees a hook moving right, and in every other frame also its tip alone, as a
+    # grasper: the tip must not become a track of its own.
+    rows = []
+    for f in range(30):
+        rows.append(_row(f, 200.0 + 4 * f, 2, "hook") | {"x2": 200.0 + 4 * f + 240})
+        if f % 2 == 0:
+            tip = _row(f, 200.0 + 4 * f + 180, 0, "grasper") | {"confidence": 0.6}
+            rows.append(tip | {"x2": tip["x1"] + 55, "y1": 205.0, "y2": 255.0})
+    detections = table_from_rows(DETECTIONS, rows)
+    tracks = track_detections(detections, (854, 480), 5.0, tracker).to_pandas()
+    assert set(tracks["class_name"]) == {"hook"} and tracks["track_id"].nunique() == 1
+    assert len(tracks) >= 28  # the hook itself is kept in (nearly) every frame
+    # What the suppression is for: the online tracker alone confirms the tip as a track.
+    trk = tracking._tracker(tracker, 5.0)
+    from ultralytics.engine.results import Boxes
+
+    ids = set()
+    for _, frame in detections.to_pandas().groupby("frame_index"):
+        data = frame[["x1", "y1", "x2", "y2", "confidence", "class_id"]].to_numpy(np.float32)
+        ids |= {int(i) for i in trk.update(Boxes(data, (480, 854)))[:, 4]}
+    assert len(ids) == 2
+
+
 def test_split_tracks_cuts_at_lasting_class_changes_and_long_gaps_only() -> None:
     t = np.arange(60) / 5.0
     cls = np.zeros(60, np.int64)

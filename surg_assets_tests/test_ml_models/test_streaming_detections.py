@@ -26,8 +26,8 @@ FPS = 5.0
 
 def _tracks_as_before_streaming(detections: pa.Table, frame_size: tuple[int, int]) -> pa.Table:
     """The whole-table tracker as it was before streaming (pandas groupby, a row dict per
-    track), followed by the offline split: the reference the streamed path must reproduce row
-    for row."""
+    track), with each frame's duplicates suppressed first and the offline split after: the
+    reference the streamed path must reproduce row for row."""
     from ultralytics.engine.results import Boxes
 
     trk = tracking._tracker("bytetrack", FPS)
@@ -36,6 +36,8 @@ def _tracks_as_before_streaming(detections: pa.Table, frame_size: tuple[int, int
     out: list[dict[str, Any]] = []
     for _, rows in df.groupby("frame_index", sort=True):
         data = rows[["x1", "y1", "x2", "y2", "confidence", "class_id"]].to_numpy(np.float32)
+        keep = tracking.suppress_duplicates(data[:, :4], data[:, 4])
+        rows, data = rows.iloc[keep], data[keep]
         for *_box, track_id, _score, _cls, idx in trk.update(Boxes(data, (h, w))):
             row = rows.iloc[int(idx)].to_dict()
             row["track_id"] = int(track_id)
