@@ -12,7 +12,9 @@ cut where the detector's class changes for good or where it went unseen for a wh
 Before the tracker, each frame keeps one box per instrument (:func:`suppress_duplicates`): the
 detector's NMS is per class at IoU 0.7, so a long instrument can also come out as a box on its
 tip nested in the box on the whole, or as the same box under a second class, and each such
-duplicate would start a track of its own.
+duplicate would start a track of its own. After the split, a detection the online tracker did
+not report (it reports a new track only from its second sample) joins the track beside it in
+time (:func:`backfill_tracks`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ SPLIT_MIN_CLASS_S = 1.0
 # 0.602, with nesting 0.637).
 DUPLICATE_IOU = 0.6
 DUPLICATE_INSIDE = 0.9
+# A detection the tracker did not report joins a track that has a box at the next or the previous
+# sample overlapping it at IoU >= BACKFILL_IOU, repeated up to BACKFILL_S away from the track's
+# own rows. Chosen on the same validation cases (BENCHMARKS.md, "Tracking: detections the tracker
+# did not report"): validation HOTA rose as the IoU fell from 0.5 (0.650) to 0.1 (0.670) and
+# barely below; 0.6 s or more of growth gave the same.
+BACKFILL_IOU = 0.1
+BACKFILL_S = 1.0
 
 
 def _tracker(name: str, frame_rate: float) -> Any:
@@ -160,7 +169,9 @@ def _frames(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
 def _track_frames(
     frames: Iterable[pa.Table], frame_size: tuple[int, int], trk: Any
 ) -> Iterator[pa.Table]:
-    """Tracks of each frame (its confirmed detections with ``track_id``), frame by frame."""
+    """Each frame's detections after :func:`suppress_duplicates`, with the online tracker's
+    ``track_id``: 0 where the tracker did not report the detection (the offline pass may still
+    give it a track)."""
     from ultralytics.engine.results import Boxes
 
     w, h = frame_size
@@ -170,11 +181,31 @@ def _track_frames(
         if len(keep) < len(data):
             rows, data = rows.take(pa.array(keep)), data[keep]
         result = trk.update(Boxes(data, (h, w)))
-        if len(result) == 0:
-            continue
-        # Keep the detector's box (the tracker's is Kalman-smoothed) so tables agree.
-        picked = rows.take(pa.array(result[:, -1].astype(np.int64)))
-        yield picked.append_column("track_id", pa.array(result[:, 4].astype(np.int64)))
+        ids = np.zeros(len(data), np.int64)
+        if len(result):
+            # The detector's boxes are kept (the tracker's are Kalman-smoothed): tables agree.
+            ids[result[:, -1].astype(np.int64)] = result[:, 4].astype(np.int64)
+        yield rows.append_column("track_id", pa.array(ids))
+
+
+# What the offline pass reads of the whole case (about 56 bytes a row).
+_OFFLINE_COLUMNS = ["track_id", "t_s", "class_id", "x1", "y1", "x2", "y2"]
+
+
+def _offline_ids(online: pa.Table, sample_fps: float) -> np.ndarray:
+    """Final track ids from the online ones (:data:`_OFFLINE_COLUMNS`): 0 for no track."""
+    online_ids = online.column("track_id").to_numpy()
+    t_s = online.column("t_s").to_numpy()
+    reported = online_ids > 0
+    pieces = np.zeros(len(online_ids), np.int64)
+    pieces[reported] = split_tracks(
+        online_ids[reported],
+        t_s[reported],
+        online.column("class_id").to_numpy()[reported],
+        sample_fps,
+    )
+    boxes = np.column_stack([online.column(c).to_numpy() for c in ("x1", "y1", "x2", "y2")])
+    return backfill_tracks(pieces, t_s, boxes, sample_fps)
 
 
 def track_detections(
@@ -207,17 +238,13 @@ def track_detections(
     if not tables:
         return TRACKS.empty_table()
     online = pa.concat_tables(tables).cast(TRACKS)
-    ids = split_tracks(
-        online.column("track_id").to_numpy(),
-        online.column("t_s").to_numpy(),
-        online.column("class_id").to_numpy(),
-        sample_fps,
-    )
-    return _with_ids(online, ids)
+    return _with_ids(online, _offline_ids(online, sample_fps))
 
 
 def _with_ids(table: pa.Table, ids: np.ndarray) -> pa.Table:
-    return table.set_column(table.schema.get_field_index("track_id"), "track_id", pa.array(ids))
+    """The rows that have a track (id > 0), with their final ids."""
+    table = table.set_column(table.schema.get_field_index("track_id"), "track_id", pa.array(ids))
+    return table.filter(pa.array(ids > 0))
 
 
 @dataclass(frozen=True)
@@ -260,16 +287,10 @@ def track_detections_to_parquet(
             frames = _frames(source.iter_batches(batch_size=ROW_GROUP_ROWS))
             for table in _track_frames(frames, frame_size, trk):
                 writer.write(table)
-        # The offline pass needs three small columns of the whole case (about 24 bytes a row),
-        # then rewrites the file batch by batch with the new ids.
+        # The offline pass needs seven small columns of the whole case, then rewrites the file
+        # batch by batch with the new ids.
         first = pq.ParquetFile(str(online))
-        cols = first.read(columns=["track_id", "t_s", "class_id"])
-        ids = split_tracks(
-            cols.column("track_id").to_numpy(),
-            cols.column("t_s").to_numpy(),
-            cols.column("class_id").to_numpy(),
-            sample_fps,
-        )
+        ids = _offline_ids(first.read(columns=_OFFLINE_COLUMNS), sample_fps)
         at = 0
         with RowGroupWriter(sink, TRACKS) as final:
             for batch in first.iter_batches(batch_size=ROW_GROUP_ROWS):
@@ -278,7 +299,7 @@ def track_detections_to_parquet(
                 at += table.num_rows
     finally:
         online.unlink(missing_ok=True)
-    return TrackingRun(rows=final.rows, tracks=len(np.unique(ids)))
+    return TrackingRun(rows=final.rows, tracks=len(np.unique(ids[ids > 0])))
 
 
 def split_tracks(
@@ -332,12 +353,91 @@ def split_tracks(
         cut[0] = True
         pieces[rows] = piece + np.cumsum(cut)
         piece += int(cut.sum())
-    # Number pieces 1.. by their first row in time order.
-    first = np.full(piece + 1, np.inf)
-    np.minimum.at(first, pieces, t_s)
-    rank = np.empty(piece + 1, np.int64)
-    rank[np.lexsort((np.arange(piece + 1), first))] = np.arange(piece + 1)
-    return rank[pieces] + 1  # piece 0 is unused (no rows, ranked last)
+    return _number_by_first_sight(pieces, np.asarray(t_s))
+
+
+def backfill_tracks(
+    ids: np.ndarray,
+    t_s: np.ndarray,
+    boxes: np.ndarray,
+    sample_fps: float,
+    min_iou: float = BACKFILL_IOU,
+    max_s: float = BACKFILL_S,
+) -> np.ndarray:
+    """Give detections without a track (id 0) to the track beside them in time.
+
+    The online tracker reports a new track only once a second sample confirms it, so the first
+    sample of every instrument's appearance is lost, and an instrument seen for a single sample
+    between two others is lost too. A detection without a track joins the track that has a box
+    at the previous or the next sample (and none at its own) overlapping it at IoU >=
+    ``min_iou``, the best overlap winning; one track takes at most one detection per sample.
+    Repeated, so a track grows up to ``max_s`` beyond its own rows. Detections next to no track
+    stay without one (a lone box is more often a false detection).
+
+    Args:
+        ids: Track id per row, 0 for none.
+        t_s: Each row's time in seconds.
+        boxes: ``(n, 4)`` boxes, ``x1, y1, x2, y2``.
+        sample_fps: Rate the frames were sampled at (neighbouring samples are 1 / fps apart).
+        min_iou: Smallest overlap with the neighbouring box of the track.
+        max_s: How far from its own rows a track may grow.
+
+    Returns:
+        The new id of each row (0 where still none), numbered 1.. in order of first sight.
+    """
+    ids = np.asarray(ids, np.int64).copy()
+    k = np.rint(np.asarray(t_s) * sample_fps).astype(np.int64)
+    order = np.argsort(k, kind="stable")
+    sorted_k = k[order]
+
+    def rows_at(sample: int) -> np.ndarray:
+        a, b = np.searchsorted(sorted_k, [sample, sample + 1])
+        return order[a:b]
+
+    for _ in range(max(1, int(round(max_s * sample_fps)))):
+        claims: dict[tuple[int, int], tuple[float, int]] = {}
+        for row in np.flatnonzero(ids == 0):
+            sample = int(k[row])
+            here = set(ids[rows_at(sample)].tolist())
+            best, best_id = -1.0, 0
+            for near in np.r_[rows_at(sample - 1), rows_at(sample + 1)]:
+                track = int(ids[near])
+                if track == 0 or track in here:
+                    continue
+                overlap = _box_iou(boxes[row], boxes[near])
+                if overlap >= min_iou and overlap > best:
+                    best, best_id = overlap, track
+            key = (best_id, sample)
+            if best_id and (key not in claims or claims[key][0] < best):
+                claims[key] = (best, int(row))
+        if not claims:
+            break
+        for (track, _), (_, row) in claims.items():
+            ids[row] = track
+    return _number_by_first_sight(ids, np.asarray(t_s))
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _number_by_first_sight(ids: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+    """Ids renumbered 1.. by each track's first row in time (ties: the lower old id); 0 stays."""
+    out = np.zeros(len(ids), np.int64)
+    tracked = ids > 0
+    if not tracked.any():
+        return out
+    old, inverse = np.unique(ids[tracked], return_inverse=True)
+    first = np.full(len(old), np.inf)
+    np.minimum.at(first, inverse, t_s[tracked])
+    rank = np.empty(len(old), np.int64)
+    rank[np.lexsort((old, first))] = np.arange(len(old))
+    out[tracked] = rank[inverse] + 1
+    return out
 
 
 def usage_intervals(tracks: pa.Table, sample_fps: float, max_gap_s: float = 2.0) -> pa.Table:

@@ -214,6 +214,64 @@ def test_a_tip_detected_inside_an_instrument_does_not_make_a_second_track(tracke
     assert len(ids) == 2
 
 
+def test_backfill_gives_unreported_detections_to_the_track_beside_them() -> None:
+    t = np.array([0.0, 0.2, 0.4, 0.6, 0.6, 0.8, 0.8, 3.0, 0.8])
+    boxes = np.array(
+        [
+            [95, 100, 195, 200],  # 0: unreported, two samples before track 5's first row
+            [100, 100, 200, 200],  # 1: unreported, the sample before
+            [105, 100, 205, 200],  # 2: track 5
+            [110, 100, 210, 200],  # 3: track 5
+            [112, 100, 212, 200],  # 4: unreported, same sample as 3: track 5 is taken there
+            [600, 300, 700, 400],  # 5: unreported and next to nothing: stays without a track
+            [115, 100, 215, 200],  # 6: unreported, after track 5's last row, overlapping it
+            [120, 100, 220, 200],  # 7: unreported, 2 s after everything
+            [400, 100, 500, 200],  # 8: unreported, beside track 5 in time, not in space
+        ],
+        float,
+    )
+    ids = np.array([0, 0, 5, 5, 0, 0, 0, 0, 0])
+    out = tracking.backfill_tracks(ids, t, boxes, 5.0)
+    assert list(out) == [1, 1, 1, 1, 0, 0, 1, 0, 0]
+    # Growth is limited: with 0.2 s allowed, only the next sample on each side joins.
+    short = tracking.backfill_tracks(ids, t, boxes, 5.0, max_s=0.2)
+    assert list(short) == [0, 1, 1, 1, 0, 0, 1, 0, 0]
+    # Two candidates for one track at one sample: the better overlap wins.
+    pair = tracking.backfill_tracks(
+        np.array([3, 0, 0]),
+        np.array([0.0, 0.2, 0.2]),
+        np.array([[0, 0, 100, 100], [40, 0, 140, 100], [5, 0, 105, 100]], float),
+        5.0,
+    )
+    assert list(pair) == [1, 0, 1]
+
+
+@pytest.mark.parametrize("tracker", ["bytetrack", "botsort"])
+def test_an_instrument_keeps_the_first_sample_of_each_appearance(tracker: str) -> None:
+    # A grasper is seen from 2 s to 6 s; the online tracker reports it from its second sample
+    # only (a hook seen first makes the grasper's first frame not the tracker's first). A lone
+    # box at 10 s (one sample, nothing beside it) is not a track.
+    rows = [_row(f, 600.0, 2, "hook") for f in range(0, 6)]
+    rows += [_row(f, 300.0 + 2 * f, 0, "grasper") for f in range(10, 31)]
+    rows.append(_row(50, 100.0, 2, "hook") | {"y1": 20.0, "y2": 80.0})
+    detections = table_from_rows(DETECTIONS, rows)
+    online = pa.concat_tables(
+        list(
+            tracking._track_frames(
+                tracking._frames(detections.to_batches()),
+                (854, 480),
+                tracking._tracker(tracker, 5.0),
+            )
+        )
+    ).to_pandas()
+    assert online.loc[online.t_s == 2.0, "track_id"].tolist() == [0]  # what the backfill is for
+    tracks = track_detections(detections, (854, 480), 5.0, tracker).to_pandas()
+    grasper = tracks[tracks.class_name == "grasper"]
+    assert grasper["t_s"].min() == pytest.approx(2.0) and len(grasper) == 21
+    assert list(grasper["track_id"].unique()) == [2]
+    assert list(tracks.loc[tracks.class_name == "hook", "t_s"]) == pytest.approx(np.arange(6) / 5)
+
+
 def test_split_tracks_cuts_at_lasting_class_changes_and_long_gaps_only() -> None:
     t = np.arange(60) / 5.0
     cls = np.zeros(60, np.int64)

@@ -26,7 +26,7 @@ FPS = 5.0
 
 def _tracks_as_before_streaming(detections: pa.Table, frame_size: tuple[int, int]) -> pa.Table:
     """The whole-table tracker as it was before streaming (pandas groupby, a row dict per
-    track), with each frame's duplicates suppressed first and the offline split after: the
+    detection), with each frame's duplicates suppressed first and the offline pass after: the
     reference the streamed path must reproduce row for row."""
     from ultralytics.engine.results import Boxes
 
@@ -38,20 +38,18 @@ def _tracks_as_before_streaming(detections: pa.Table, frame_size: tuple[int, int
         data = rows[["x1", "y1", "x2", "y2", "confidence", "class_id"]].to_numpy(np.float32)
         keep = tracking.suppress_duplicates(data[:, :4], data[:, 4])
         rows, data = rows.iloc[keep], data[keep]
-        for *_box, track_id, _score, _cls, idx in trk.update(Boxes(data, (h, w))):
-            row = rows.iloc[int(idx)].to_dict()
-            row["track_id"] = int(track_id)
+        reported = {int(r[-1]): int(r[4]) for r in trk.update(Boxes(data, (h, w)))}
+        for i in range(len(rows)):
+            row = rows.iloc[i].to_dict()
+            row["track_id"] = reported.get(i, 0)
             if isinstance(row.get("mask"), np.ndarray):
                 row["mask"] = row["mask"].tolist()
             out.append(row)
     online = table_from_rows(TRACKS, out)
-    ids = tracking.split_tracks(
-        online.column("track_id").to_numpy(),
-        online.column("t_s").to_numpy(),
-        online.column("class_id").to_numpy(),
-        FPS,
-    )
-    return online.set_column(online.schema.get_field_index("track_id"), "track_id", pa.array(ids))
+    ids = tracking._offline_ids(online, FPS)
+    assert (ids[online.column("track_id").to_numpy() == 0] > 0).any()  # the backfill had work
+    online = online.set_column(online.schema.get_field_index("track_id"), "track_id", pa.array(ids))
+    return online.filter(pa.array(ids > 0))
 
 
 @pytest.fixture(scope="module")
