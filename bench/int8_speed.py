@@ -7,7 +7,8 @@ baseline (ultralytics ``YOLO.track``, 640 px) beside them. Accuracy cost, report
 
 - agreement: mAP50 of the INT8 detections scored against the FP32 ones on the clip's frames;
 - validation: box mAP50 of each graph against the labels of the project's validation split of
-  ``cholec80-tools-yolo`` (by source video, ``assign_splits``), and the difference.
+  ``cholec80-tools-yolo`` (by image, ``assign_splits``, as ``surg train detector``), and the
+  difference.
 
 Appends a table to BENCHMARKS.md::
 
@@ -62,8 +63,8 @@ def validation_map50(model: object) -> float:
 
     root = SHARED / "cholec80-tools-yolo"
     truth = [a for a in load_yolo(root).annotations if a.box is not None and a.image]
-    split = assign_splits(Path(a.image).stem.split("-")[0] for a in truth)
-    truth = [a for a in truth if split[Path(a.image).stem.split("-")[0]] == "val"]
+    split = assign_splits(Path(a.image).stem for a in truth)
+    truth = [a for a in truth if split[Path(a.image).stem] == "val"]
     preds = []
     for image in sorted({a.image for a in truth}):
         ref = next(a for a in truth if a.image == image)

@@ -520,14 +520,15 @@ def boxes_to_segment_dataset(
 
     Boxes become rectangular outlines, which lets the segmentation detector learn boxes and
     classes from box-only labels. Images are found in any ``images*/`` folder and paired with the
-    label file of the same stem in any ``labels/*`` folder. The split is by source video (the
-    part of the file name before the first ``-``), decided by a hash of that id, so frames of one
-    video never sit on both sides and the split is the same on every machine.
+    label file of the same stem in any ``labels/*`` folder. The split is by image, decided by a
+    hash of the file name (:func:`ml_models.datasets.assign_splits`), so it is the same on every
+    machine. cholec80-tools-yolo's file names carry no video id (a Label Studio id per image and
+    a frame number), so frames of one video can sit on both sides.
 
     Returns:
         The ``data.yaml`` and counts of images per split.
     """
-    import hashlib
+    from ml_models.datasets import assign_splits
 
     src, out = Path(source), Path(out_dir)
     if out.exists():
@@ -535,10 +536,10 @@ def boxes_to_segment_dataset(
     images = {p.stem: p for p in src.glob("images*/**/*.jpg")}
     labels = {p.stem: p for p in src.glob("labels/**/*.txt")}
     counts = {"train": 0, "val": 0}
-    for stem in sorted(images.keys() & labels.keys()):
-        video = stem.split("-", 1)[0]
-        bucket = int(hashlib.sha1(video.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        split = "val" if bucket < val_fraction else "train"
+    stems = sorted(images.keys() & labels.keys())
+    splits = assign_splits(stems, val_fraction)
+    for stem in stems:
+        split = splits[stem]
         lines = []
         for row in labels[stem].read_text().splitlines():
             parts = row.split()

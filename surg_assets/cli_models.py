@@ -90,7 +90,7 @@ def train_detector_command(
         ...,
         "--data",
         help="A YOLO data.yaml (segment labels), or the folder of a YOLO detect dataset "
-        "(boxes only, e.g. cholec80-tools-yolo), which gets a fixed split by video.",
+        "(boxes only, e.g. cholec80-tools-yolo), which gets a fixed split by image.",
     ),
     epochs: int = typer.Option(30, help="Training epochs."),
     imgsz: int = typer.Option(320, help="Training image size."),
@@ -127,7 +127,7 @@ def train_detector_command(
             epochs=epochs,
             imgsz=imgsz,
             split=split or "as given by the data.yaml",
-            split_rule="by video id (file name before '-'), sha1 < 0.2 -> val" if split else None,
+            split_rule="by image (file name), sha1 bucket < 0.2 -> val" if split else None,
             train_seconds=round(result.seconds, 1),
         )
         _register("instrument_detector", result.weights, card, metrics, approve_as)

@@ -97,6 +97,32 @@ def test_yolo_reads_the_real_cholec80_tool_dataset() -> None:
     assert (first.video, first.frame_index, first.image_width) == ("0002a816", 6000, 854)
 
 
+def test_the_real_box_dataset_gets_a_fixed_split_by_image(tmp_path: Path) -> None:
+    from ml_models.training import boxes_to_segment_dataset
+
+    root = shared("cholec80-tools-yolo")
+    data, counts = boxes_to_segment_dataset(root, tmp_path / "a")
+    again, counts_again = boxes_to_segment_dataset(root, tmp_path / "b")
+    sides = {
+        side: sorted(p.name for p in (data.parent / "images" / side).iterdir())
+        for side in ("train", "val")
+    }
+    assert counts == counts_again == {k: len(v) for k, v in sides.items()}
+    assert sides["val"] == sorted(p.name for p in (again.parent / "images" / "val").iterdir())
+    assert not set(sides["train"]) & set(sides["val"])
+    assert 0.12 < counts["val"] / (counts["train"] + counts["val"]) < 0.28
+    # Boxes became rectangles: four corners, in [0, 1], the YOLO box's extent.
+    stem = Path(sides["val"][0]).stem
+    source = next(root.glob(f"labels/*/{stem}.txt")).read_text().split()
+    rect = (data.parent / "labels" / "val" / f"{stem}.txt").read_text().split()
+    c, x, y, w, h = int(source[0]), *map(float, source[1:5])
+    assert int(rect[0]) == c and len(rect) % 9 == 0
+    assert [float(v) for v in rect[1:9]] == pytest.approx(
+        [x - w / 2, y - h / 2, x + w / 2, y - h / 2, x + w / 2, y + h / 2, x - w / 2, y + h / 2],
+        abs=1e-5,
+    )
+
+
 def test_coco_and_labelme_of_cholecinstanceseg_agree() -> None:
     root = shared("cholecinstanceseg-sample")
     coco_file = root / "_sample_results/generated_coco_files/sample_generated_coco.json"
