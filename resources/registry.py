@@ -153,13 +153,18 @@ class ModelRegistry(dg.ConfigurableResource):
         tolerance: float = 0.0,
         dataset_version: str | None = None,
         auto_approve: bool = False,
+        baseline: dict[str, float] | None = None,
     ) -> ModelVersion:
         """Register a newly trained version under governance.
 
         It is Rejected, with the reason, when a metric misses its threshold or when the primary
         metric regresses against the newest Approved version by more than ``tolerance``;
         otherwise it is Pending (a person approves), or Approved by the automatic rule when
-        ``auto_approve`` is set.
+        ``auto_approve`` is set. ``baseline`` is the newest Approved version's metrics measured
+        on the candidate's own evaluation data; when given, the regression check uses it
+        instead of the metrics stored with that version, which may come from other data (a
+        detector trained on synthetic cases, scored on synthetic frames, against one trained
+        and scored on real frames).
         """
         reasons = [
             f"{metric} {metrics.get(metric, float('nan')):.3f} is below the threshold {minimum:.3f}"
@@ -167,11 +172,13 @@ class ModelRegistry(dg.ConfigurableResource):
             if not metrics.get(metric, float("-inf")) >= minimum
         ]
         current = self.newest_approved(name)
-        if current is not None and primary_metric in current.metrics:
-            before, after = current.metrics[primary_metric], metrics.get(primary_metric)
+        reference = baseline if baseline is not None else current.metrics if current else {}
+        if current is not None and primary_metric in reference:
+            before, after = reference[primary_metric], metrics.get(primary_metric)
             if after is None or after < before - tolerance:
+                on = " on the same data" if baseline is not None else ""
                 reasons.append(
-                    f"{primary_metric} regresses against {current.version} ({before:.3f} -> "
+                    f"{primary_metric} regresses against {current.version}{on} ({before:.3f} -> "
                     f"{after if after is None else round(after, 3)})"
                 )
         if reasons:

@@ -62,8 +62,18 @@ def _thresholds(name: str) -> dict[str, float]:
     return thresholds(name, PRIMARY_METRIC[name])
 
 
-def _register(name: str, weights: Path, card: dict, metrics: dict, approve_as: str | None) -> None:
-    """Register under governance; ``--approve-as`` records a person's approval at once."""
+def _register(
+    name: str,
+    weights: Path,
+    card: dict,
+    metrics: dict,
+    approve_as: str | None,
+    baseline: dict[str, float] | None = None,
+) -> None:
+    """Register under governance; ``--approve-as`` records a person's approval at once.
+
+    ``baseline``: the Approved version's metrics on the candidate's own evaluation data.
+    """
     registry = _registry()
     row = registry.register_candidate(
         name,
@@ -74,6 +84,7 @@ def _register(name: str, weights: Path, card: dict, metrics: dict, approve_as: s
         thresholds=_thresholds(name),
         dataset_version=card.get("dataset_version"),
         auto_approve=os.environ.get("SURG_AUTO_APPROVE", "").lower() in ("1", "true", "yes"),
+        baseline=baseline,
     )
     if approve_as and row.status == "Pending":
         row = registry.decide(name, row.version, "Approved", approve_as)
@@ -102,6 +113,7 @@ def train_detector_command(
     """Train the instrument detector and register it (Pending unless --approve-as)."""
     from ml_models.detector import evaluate_detector, train_detector
     from ml_models.training import boxes_to_segment_dataset
+    from surg_assets.models import approved_model
 
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         split = None
@@ -119,6 +131,14 @@ def train_detector_command(
             data_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model
         )
         metrics = evaluate_detector(result.weights, data_yaml, imgsz=imgsz)
+        # The Approved detector's figures come from its own data (the defaults: synthetic
+        # frames); the candidate must not be worse than it on *this* validation split.
+        version, current = approved_model(_registry(), "instrument_detector")
+        baseline = evaluate_detector(current, data_yaml, imgsz=imgsz)
+        err.print(
+            f"{version.version} on the same validation split: box mAP50 "
+            f"{baseline['box_map50']:.3f}; the new weights: {metrics['box_map50']:.3f}"
+        )
         card = _card(
             "instrument_detector",
             sys.argv,
@@ -129,8 +149,10 @@ def train_detector_command(
             split=split or "as given by the data.yaml",
             split_rule="by image (file name), sha1 bucket < 0.2 -> val" if split else None,
             train_seconds=round(result.seconds, 1),
+            approved_before=f"{version.version}: box_map50 {baseline['box_map50']:.3f} on the "
+            "same validation split",
         )
-        _register("instrument_detector", result.weights, card, metrics, approve_as)
+        _register("instrument_detector", result.weights, card, metrics, approve_as, baseline)
 
 
 @train_app.command("phase")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,46 @@ def test_models_path_bootstraps_the_shipped_defaults(tmp_path: Path) -> None:
         surg(home, "models", "approve", "instrument_detector", "v7", "--by", "ann"),
         "has no version v7",
     )
+
+
+def test_train_detector_on_real_boxes_is_judged_against_the_approved_one_on_the_same_split(
+    tmp_path: Path,
+) -> None:
+    from surg_assets.models import default_weights_file
+    from surg_assets_tests.conftest import SHARED_DATA, skip_or_fail
+
+    source = SHARED_DATA / "cholec80-tools-yolo"
+    if not source.is_dir():
+        skip_or_fail(f"real Cholec80 boxes not found under {source}")
+    if not default_weights_file("instrument_detector").exists():
+        pytest.skip("no default weights in ml_models/default_weights (run `make models`)")
+    data = tmp_path / "boxes"  # a small copy: the command as a user runs it, in seconds
+    for image in sorted((source / "images" / "train").glob("*.jpg"))[:30]:
+        label = next(source.glob(f"labels/*/{image.stem}.txt"), None)
+        if label is None:
+            continue
+        for sub, f in (("images", image), ("labels", label)):
+            (data / sub / "train").mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, data / sub / "train" / f.name)
+    home = tmp_path / "home"
+    proc = surg(
+        home, "train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "160",
+        "--model", str(default_weights_file("instrument_detector")),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "training and" in proc.stderr and "validation images" in proc.stderr
+    # The shipped default (v1, whose stored mAP50 is on synthetic frames) is scored again on
+    # this split, and the decision follows from the two figures on the same data.
+    said = re.search(r"v1 on the same validation split: box mAP50 ([\d.]+); the new weights: "
+                     r"([\d.]+)", proc.stderr)  # fmt: skip
+    assert said, proc.stderr
+    before, after = float(said[1]), float(said[2])
+    decision = next(ln for ln in proc.stderr.splitlines() if "v2 registered:" in ln)
+    if after >= before:
+        assert "registered: Pending" in decision
+    else:
+        assert "registered: Rejected" in decision and "on the same data" in decision
+    assert proc.stdout.strip().splitlines()[-1] == "v2"
 
 
 def test_annotations_import_into_the_catalog(tmp_path: Path) -> None:

@@ -65,6 +65,19 @@ def test_governance_rejects_below_threshold_and_regressions(
         tolerance=0.01,
     )  # fmt: skip
     assert worse.status == "Rejected" and "regresses against v1 (0.620 -> 0.55)" in worse.reason
+    # Scored on other data, v1 itself reaches 0.30 there: 0.55 is no regression on that data,
+    # and 0.25 is.
+    elsewhere = registry.register_candidate(
+        "instrument_detector", files, {}, {"box_map50": 0.55}, "box_map50",
+        baseline={"box_map50": 0.30},
+    )  # fmt: skip
+    assert elsewhere.status == "Pending" and elsewhere.reason is None
+    still_worse = registry.register_candidate(
+        "instrument_detector", files, {}, {"box_map50": 0.25}, "box_map50",
+        baseline={"box_map50": 0.30},
+    )  # fmt: skip
+    assert still_worse.status == "Rejected"
+    assert "regresses against v1 on the same data (0.300 -> 0.25)" in still_worse.reason
     better = registry.register_candidate(
         "instrument_detector", files, {}, {"box_map50": 0.7}, "box_map50", auto_approve=True
     )
