@@ -30,11 +30,26 @@ $(TOOLS)/.installed: deploy/requirements-tools.txt
 # 2 cores (each model card in cards.json records its training time). A clone without weights
 # gets the quick recipe before its first demo instead: under 15 minutes on 2 cores, with a
 # progress bar, lower quality (BENCHMARKS.md, "Quick default models").
+#
+# Then, where ../shared/data is present, the real data: the detector is fine-tuned on the real
+# Cholec80 boxes (a fixed split by image) and the out-of-body model retrained with real in-body
+# frames. Those weights fall under the data's non-commercial licence: they are registered in
+# SURG_HOME's model registry (approved as bootstrap models, so the pipeline uses them), never
+# written into the repository.
 WEIGHTS_DIR := ml_models/default_weights
 DEFAULT_WEIGHTS := $(addprefix $(WEIGHTS_DIR)/,out_of_body_model.pt phase_model.pt instrument_detector.pt)
+REAL_DATA := ../shared/data
 
 models: install
 	$(BIN)/surg models train-defaults
+	@if [ -d $(REAL_DATA)/cholec80-tools-yolo ]; then \
+	  set -x; \
+	  $(BIN)/surg train detector --data $(REAL_DATA)/cholec80-tools-yolo \
+	    --model $(WEIGHTS_DIR)/instrument_detector.pt --epochs 60 --imgsz 320 \
+	    --approve-as bootstrap && \
+	  $(BIN)/surg train out-of-body --real-in-body $(REAL_DATA)/cholec80-tools-yolo \
+	    --approve-as bootstrap; \
+	else echo "no $(REAL_DATA)/cholec80-tools-yolo here: synthetic defaults only"; fi
 
 $(DEFAULT_WEIGHTS): | install
 	$(BIN)/surg models train-defaults --recipe quick --only $(basename $(notdir $@))

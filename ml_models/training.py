@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_models.errors import InputError
 from ml_models.formats.cholec import load_cholec80_phases, load_cholec80_tools
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
@@ -171,7 +172,15 @@ def out_of_body_data(
 
         rng = random.Random(seed)
         picked = rng.sample(real_in_body, min(len(real_in_body), 300))
-        real = [prepare(cv2.imread(str(p))) for p in picked]
+        real = []
+        for p in picked:
+            image = cv2.imread(str(p))
+            if image is None:
+                raise InputError(
+                    f"{p.name} among the real in-body frames cannot be read as an image; "
+                    "remove it or pass another folder."
+                )
+            real.append(prepare(image))
         images.append(np.stack(real))
         labels.append(np.zeros(len(real), np.int64))
     return np.concatenate(images), np.concatenate(labels)

@@ -179,20 +179,58 @@ def train_phase_command(
 
 @train_app.command("out-of-body")
 def train_out_of_body_command(
-    data: Path = typer.Option(..., "--data", help="Folder of synthetic cases (`surg synth`)."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Folder of synthetic cases (`surg synth`); default: the cases `surg models "
+        "train-defaults` rendered.",
+    ),
+    real_in_body: Path | None = typer.Option(
+        None,
+        "--real-in-body",
+        help="A folder of real laparoscopic frames (JPEG/PNG, searched below it), e.g. "
+        "../shared/data/cholec80-tools-yolo: up to 300 join the in-body class.",
+    ),
     approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
 ) -> None:
-    """Train the out-of-body classifier on synthetic cases (and real frames when present)."""
+    """Train the out-of-body classifier on synthetic cases, and on real in-body frames when
+    given (so that it does not learn "synthetic texture = in body")."""
     from ml_models.training import sample_cases, train_out_of_body
+    from resources.settings import load_settings
 
+    if data is None:
+        data = load_settings().home / "default-training" / "synthetic"
+        if not data.is_dir():
+            raise InputError(
+                "no synthetic cases to train on; pass --data (a `surg synth` folder) or run "
+                "`surg models train-defaults` first."
+            )
     cases = sorted(p.parent for p in data.glob("*/events.json")) or (
         [data] if (data / "events.json").exists() else []
     )
     if not cases:
         raise InputError("the --data folder holds no labelled case (video.mp4 + events.json).")
+    frames = None
+    if real_in_body is not None:
+        frames = sorted(
+            p for p in real_in_body.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        )
+        if not frames:
+            raise InputError(
+                "the --real-in-body folder holds no JPEG or PNG frame; pass a folder of real "
+                "laparoscopic frames."
+            )
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
-        path, metrics = train_out_of_body(sample_cases(cases), Path(tmp) / "oob.pt")
-        card = _card("out_of_body_model", sys.argv, f"cases:{len(cases)}")
+        path, metrics = train_out_of_body(sample_cases(cases), Path(tmp) / "oob.pt", frames)
+        if frames:
+            err.print(f"{min(300, len(frames))} of {len(frames)} real in-body frames trained on")
+        real = f"+real:{real_in_body.name}" if real_in_body is not None else ""
+        card = _card(
+            "out_of_body_model",
+            sys.argv,
+            f"cases:{len(cases)}{real}",
+            real_in_body_frames=min(300, len(frames)) if frames else 0,
+        )
         _register("out_of_body_model", path, card, metrics, approve_as)
 
 

@@ -227,6 +227,54 @@ def test_train_detector_on_real_boxes_is_judged_against_the_approved_one_on_the_
     assert proc.stdout.strip().splitlines()[-1] == "v2"
 
 
+def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without_any(
+    tmp_path: Path, synthetic_case: Path
+) -> None:
+    frames = tmp_path / "real"
+    frames.mkdir()
+    from surg_assets_tests.conftest import SHARED_DATA
+
+    source = sorted(SHARED_DATA.glob("cholecinstanceseg-sample/**/img_dir/*.jpg"))
+    if not source:  # the wiring is what is tested here: without real frames, draw five
+        import cv2
+        import numpy as np
+
+        for i in range(5):
+            cv2.imwrite(str(frames / f"f{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    for f in source[:5]:
+        shutil.copy(f, frames / f.name)
+    home = tmp_path / "home"
+    plain = surg(home, "train", "out-of-body", "--data", str(synthetic_case))
+    assert plain.returncode == 0, plain.stderr
+    real = surg(
+        home, "train", "out-of-body", "--data", str(synthetic_case), "--real-in-body", str(frames)
+    )
+    assert real.returncode == 0, real.stderr
+    assert "5 of 5 real in-body frames trained on" in real.stderr
+
+    def frames_used(proc: subprocess.CompletedProcess) -> float:
+        return float(re.search(r'"frames": ([\d.]+)', proc.stderr.replace("\n", ""))[1])
+
+    assert frames_used(real) == frames_used(plain) + 5  # the real frames were trained on
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no frames here")
+    assert_user_error(
+        surg(home, "train", "out-of-body", "--data", str(synthetic_case), "--real-in-body",
+             str(empty)),
+        "holds no JPEG or PNG frame",
+    )  # fmt: skip
+    (frames / "broken.jpg").write_bytes(b"not an image")
+    assert_user_error(
+        surg(home, "train", "out-of-body", "--data", str(synthetic_case), "--real-in-body",
+             str(frames)),
+        "broken.jpg among the real in-body frames cannot be read as an image",
+    )  # fmt: skip
+    assert_user_error(
+        surg(tmp_path / "fresh", "train", "out-of-body"), "run `surg models train-defaults`"
+    )
+
+
 def test_annotations_import_into_the_catalog(tmp_path: Path) -> None:
     from resources.catalog import Catalog
     from surg_assets_tests.conftest import SHARED_DATA
