@@ -225,9 +225,9 @@ def track_detections(
         tracker: ``bytetrack`` or ``botsort``.
 
     Returns:
-        The tracks table: every detection the tracker confirmed (after
-        :func:`suppress_duplicates`), with ``track_id`` after the offline :func:`split_tracks`
-        pass.
+        The tracks table: the detections kept by :func:`suppress_duplicates` that the
+        tracker confirmed or :func:`backfill_tracks` placed, with ``track_id`` after the
+        offline pass (:func:`split_tracks`, then the backfill).
     """
     trk = _tracker(tracker, sample_fps)  # an unknown tracker is refused even with no detections
     if detections.num_rows == 0:
@@ -367,12 +367,12 @@ def backfill_tracks(
     """Give detections without a track (id 0) to the track beside them in time.
 
     The online tracker reports a new track only once a second sample confirms it, so the first
-    sample of every instrument's appearance is lost, and an instrument seen for a single sample
-    between two others is lost too. A detection without a track joins the track that has a box
-    at the previous or the next sample (and none at its own) overlapping it at IoU >=
-    ``min_iou``, the best overlap winning; one track takes at most one detection per sample.
-    Repeated, so a track grows up to ``max_s`` beyond its own rows. Detections next to no track
-    stay without one (a lone box is more often a false detection).
+    sample of every instrument's appearance is lost, and so is a detection it matched to no
+    track that sample. A detection without a track joins the track that has a box at the
+    previous or the next sample (and none at its own) overlapping it at IoU >= ``min_iou``, the
+    best overlap winning; one track takes at most one detection per sample. Repeated, so a
+    track grows up to ``max_s`` beyond its own rows. A detection next to no track stays
+    without one: the tracker's confirmation is what keeps a single false box out.
 
     Args:
         ids: Track id per row, 0 for none.

@@ -133,12 +133,16 @@ def train_detector_command(
         metrics = evaluate_detector(result.weights, data_yaml, imgsz=imgsz)
         # The Approved detector's figures come from its own data (the defaults: synthetic
         # frames); the candidate must not be worse than it on *this* validation split.
-        version, current = approved_model(_registry(), "instrument_detector")
-        baseline = evaluate_detector(current, data_yaml, imgsz=imgsz)
-        err.print(
-            f"{version.version} on the same validation split: box mAP50 "
-            f"{baseline['box_map50']:.3f}; the new weights: {metrics['box_map50']:.3f}"
-        )
+        try:
+            version, current = approved_model(_registry(), "instrument_detector")
+        except InputError:  # none Approved and no default weights: nothing to compare with
+            version, baseline = None, None
+        else:
+            baseline = evaluate_detector(current, data_yaml, imgsz=imgsz)
+            err.print(
+                f"{version.version} on the same validation split: box mAP50 "
+                f"{baseline['box_map50']:.3f}; the new weights: {metrics['box_map50']:.3f}"
+            )
         card = _card(
             "instrument_detector",
             sys.argv,
@@ -149,8 +153,12 @@ def train_detector_command(
             split=split or "as given by the data.yaml",
             split_rule="by image (file name), sha1 bucket < 0.2 -> val" if split else None,
             train_seconds=round(result.seconds, 1),
-            approved_before=f"{version.version}: box_map50 {baseline['box_map50']:.3f} on the "
-            "same validation split",
+            approved_before=(
+                f"{version.version}: box_map50 {baseline['box_map50']:.3f} on the same "
+                "validation split"
+                if version and baseline
+                else None
+            ),
         )
         _register("instrument_detector", result.weights, card, metrics, approve_as, baseline)
 

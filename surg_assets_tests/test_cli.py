@@ -187,25 +187,32 @@ def test_models_path_bootstraps_the_shipped_defaults(tmp_path: Path) -> None:
     )
 
 
-def test_train_detector_on_real_boxes_is_judged_against_the_approved_one_on_the_same_split(
-    tmp_path: Path,
-) -> None:
-    from surg_assets.models import default_weights_file
+def _real_boxes(tmp_path: Path, images: int = 30) -> Path:
+    """A small copy of the real Cholec80 box dataset: training commands run in seconds on it."""
     from surg_assets_tests.conftest import SHARED_DATA, skip_or_fail
 
     source = SHARED_DATA / "cholec80-tools-yolo"
     if not source.is_dir():
         skip_or_fail(f"real Cholec80 boxes not found under {source}")
-    if not default_weights_file("instrument_detector").exists():
-        pytest.skip("no default weights in ml_models/default_weights (run `make models`)")
-    data = tmp_path / "boxes"  # a small copy: the command as a user runs it, in seconds
-    for image in sorted((source / "images" / "train").glob("*.jpg"))[:30]:
+    data = tmp_path / "boxes"
+    for image in sorted((source / "images" / "train").glob("*.jpg"))[:images]:
         label = next(source.glob(f"labels/*/{image.stem}.txt"), None)
         if label is None:
             continue
         for sub, f in (("images", image), ("labels", label)):
             (data / sub / "train").mkdir(parents=True, exist_ok=True)
             shutil.copy(f, data / sub / "train" / f.name)
+    return data
+
+
+def test_train_detector_on_real_boxes_is_judged_against_the_approved_one_on_the_same_split(
+    tmp_path: Path,
+) -> None:
+    from surg_assets.models import default_weights_file
+
+    if not default_weights_file("instrument_detector").exists():
+        pytest.skip("no default weights in ml_models/default_weights (run `make models`)")
+    data = _real_boxes(tmp_path)
     home = tmp_path / "home"
     proc = surg(
         home, "train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "160",
@@ -225,6 +232,23 @@ def test_train_detector_on_real_boxes_is_judged_against_the_approved_one_on_the_
     else:
         assert "registered: Rejected" in decision and "on the same data" in decision
     assert proc.stdout.strip().splitlines()[-1] == "v2"
+
+
+def test_train_detector_without_any_approved_detector_registers_without_a_comparison(
+    tmp_path: Path, surg_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import surg_assets.models as models
+    from surg_assets.cli import app
+
+    data = _real_boxes(tmp_path, images=12)
+    monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
+    args = ["train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "96"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "on the same validation split" not in result.output
+    assert "instrument_detector v1 registered: Pending" in result.output
 
 
 def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without_any(
