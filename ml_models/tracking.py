@@ -47,6 +47,14 @@ TRACKERS = ("bytetrack", "botsort")
 # flicker of the same instrument).
 SPLIT_GAP_S = 2.0
 SPLIT_MIN_CLASS_S = 1.0
+# The online tracker's own two settings, chosen on the same validation cases with the passes
+# below in place (BENCHMARKS.md, "Tracking: the tracker's buffer and new-track confidence"): a
+# lost track is kept TRACK_BUFFER_S (it was 30 samples, 6 s at 5 fps; the offline split cuts
+# at 2 s anyway), and only a detection of at least NEW_TRACK_CONFIDENCE starts a track (it was
+# 0.25, the detector's floor, so a single doubtful box started one). Weaker boxes still
+# continue tracks.
+TRACK_BUFFER_S = 2.0
+NEW_TRACK_CONFIDENCE = 0.4
 # Duplicate boxes dropped before tracking, whatever their class: a box overlapping a more
 # confident one at IoU above DUPLICATE_IOU, or nested with it (more than DUPLICATE_INSIDE of the
 # smaller box's area inside the other). Chosen on the same validation cases (BENCHMARKS.md,
@@ -73,8 +81,10 @@ def _tracker(name: str, frame_rate: float) -> Any:
     if name not in TRACKERS:
         raise InputError(f"tracker {name!r} is unknown; use one of {', '.join(TRACKERS)}.")
     cfg = IterableSimpleNamespace(**YAML.load(check_yaml(f"{name}.yaml")))
-    # Instruments leave and re-enter the view for seconds; keep lost tracks about 4 s.
-    cfg.track_buffer = max(int(cfg.track_buffer), int(round(4 * frame_rate)))
+    # The trackers count lost time in updates, one per sampled frame with detections (their
+    # own frame rate stays at 30, so the buffer is in samples).
+    cfg.track_buffer = max(1, int(round(TRACK_BUFFER_S * frame_rate)))
+    cfg.new_track_thresh = NEW_TRACK_CONFIDENCE
     if name == "botsort":
         cfg.gmc_method = "none"  # camera-motion compensation needs the frames; we track from tables
         cfg.with_reid = False
