@@ -272,6 +272,23 @@ def test_an_instrument_keeps_the_first_sample_of_each_appearance(tracker: str) -
     assert list(tracks.loc[tracks.class_name == "hook", "t_s"]) == pytest.approx(np.arange(6) / 5)
 
 
+@pytest.mark.parametrize("tracker", ["bytetrack", "botsort"])
+def test_doubtful_boxes_continue_a_track_but_do_not_start_one(tracker: str) -> None:
+    # A hook tracked with confident boxes, then seen at 0.3 for 2 s: it continues. Elsewhere, a
+    # run of 0.3 boxes with no track to continue starts none (below NEW_TRACK_CONFIDENCE).
+    assert tracking.NEW_TRACK_CONFIDENCE > 0.3
+    rows = [_row(f, 300.0 + f, 2, "hook") for f in range(10)]
+    rows += [_row(f, 300.0 + f, 2, "hook") | {"confidence": 0.3} for f in range(10, 20)]
+    rows += [
+        _row(f, 600.0, 0, "grasper") | {"confidence": 0.3, "y1": 20.0, "y2": 80.0}
+        for f in range(30)
+    ]
+    rows.sort(key=lambda r: r["frame_index"])
+    tracks = track_detections(table_from_rows(DETECTIONS, rows), (854, 480), 5.0, tracker)
+    df = tracks.to_pandas()
+    assert set(df["class_name"]) == {"hook"} and len(df) == 20 and df["track_id"].nunique() == 1
+
+
 def test_split_tracks_cuts_at_lasting_class_changes_and_long_gaps_only() -> None:
     t = np.arange(60) / 5.0
     cls = np.zeros(60, np.int64)
