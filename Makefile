@@ -34,8 +34,11 @@ $(TOOLS)/.installed: deploy/requirements-tools.txt
 # Then, where ../shared/data is present, the real data: the detector is fine-tuned on the real
 # Cholec80 boxes (a fixed split by image) and the out-of-body model retrained with real in-body
 # frames. Those weights fall under the data's non-commercial licence: they are registered in
-# SURG_HOME's model registry (approved as bootstrap models, so the pipeline uses them), never
-# written into the repository.
+# SURG_HOME's model registry, never written into the repository. The out-of-body model is
+# approved at once (as good as the default on synthetic cases, none of the real clips flagged);
+# the real detector stays Pending: it forgets the synthetic scenes (mAP50 0.00 on a synthetic
+# case), so a person approves it for real video (`surg models approve`). BENCHMARKS.md,
+# "Real-data stage of make models".
 WEIGHTS_DIR := ml_models/default_weights
 DEFAULT_WEIGHTS := $(addprefix $(WEIGHTS_DIR)/,out_of_body_model.pt phase_model.pt instrument_detector.pt)
 REAL_DATA := ../shared/data
@@ -45,8 +48,7 @@ models: install
 	@if [ -d $(REAL_DATA)/cholec80-tools-yolo ]; then \
 	  set -x; \
 	  $(BIN)/surg train detector --data $(REAL_DATA)/cholec80-tools-yolo \
-	    --model $(WEIGHTS_DIR)/instrument_detector.pt --epochs 60 --imgsz 320 \
-	    --approve-as bootstrap && \
+	    --model $(WEIGHTS_DIR)/instrument_detector.pt --epochs 60 --imgsz 320 && \
 	  $(BIN)/surg train out-of-body --real-in-body $(REAL_DATA)/cholec80-tools-yolo \
 	    --approve-as bootstrap; \
 	else echo "no $(REAL_DATA)/cholec80-tools-yolo here: synthetic defaults only"; fi
