@@ -37,8 +37,8 @@ $(TOOLS)/.installed: deploy/requirements-tools.txt
 # SURG_HOME's model registry, never written into the repository. The out-of-body model is
 # approved at once (as good as the default on synthetic cases, none of the real clips flagged);
 # the real detector stays Pending: it forgets the synthetic scenes (mAP50 0.00 on a synthetic
-# case), so a person approves it for real video (`surg models approve`). BENCHMARKS.md,
-# "Real-data stage of make models".
+# case), so a person approves it for real video (`surg models approve`). About an hour more on
+# 2 cores; BENCHMARKS.md, "Real-data stage of make models".
 WEIGHTS_DIR := ml_models/default_weights
 DEFAULT_WEIGHTS := $(addprefix $(WEIGHTS_DIR)/,out_of_body_model.pt phase_model.pt instrument_detector.pt)
 REAL_DATA := ../shared/data
