@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ml_models.errors import InputError
+from ml_models.metrics.tracking import box_intersection_matrix, box_iou_matrix
 from ml_models.tables import (
     INSTRUMENT_USAGE,
     ROW_GROUP_ROWS,
@@ -118,13 +119,7 @@ def suppress_duplicates(
         return np.arange(n)
     b = np.asarray(boxes, np.float64)
     area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.clip(
-        np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None
-    )
-    ih = np.clip(
-        np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None
-    )
-    inter = iw * ih
+    inter = box_intersection_matrix(b, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         overlap = inter / (area[:, None] + area[None, :] - inter)
         # The share of the smaller box inside the larger: a tip box in a less confident box on
@@ -409,30 +404,23 @@ def backfill_tracks(
         for row in np.flatnonzero(ids == 0):
             sample = int(k[row])
             here = set(ids[rows_at(sample)].tolist())
-            best, best_id = -1.0, 0
-            for near in np.r_[rows_at(sample - 1), rows_at(sample + 1)]:
-                track = int(ids[near])
-                if track == 0 or track in here:
-                    continue
-                overlap = _box_iou(boxes[row], boxes[near])
-                if overlap >= min_iou and overlap > best:
-                    best, best_id = overlap, track
+            near = np.r_[rows_at(sample - 1), rows_at(sample + 1)]
+            near = near[(ids[near] > 0) & ~np.isin(ids[near], list(here))]
+            if len(near) == 0:
+                continue
+            overlaps = box_iou_matrix(boxes[row : row + 1], boxes[near])[0]
+            best_at = int(np.argmax(overlaps))  # the first of equal overlaps, as before
+            best, best_id = float(overlaps[best_at]), int(ids[near[best_at]])
+            if best < min_iou:
+                continue
             key = (best_id, sample)
-            if best_id and (key not in claims or claims[key][0] < best):
+            if key not in claims or claims[key][0] < best:
                 claims[key] = (best, int(row))
         if not claims:
             break
         for (track, _), (_, row) in claims.items():
             ids[row] = track
     return _number_by_first_sight(ids, np.asarray(t_s))
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _number_by_first_sight(ids: np.ndarray, t_s: np.ndarray) -> np.ndarray:

@@ -49,15 +49,20 @@ class TrackingScores:
         return asdict(self)
 
 
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) boxes given as x1, y1, x2, y2."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
+def box_intersection_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas of (N, 4) and (M, 4) boxes given as x1, y1, x2, y2."""
     ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
     iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
     ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
     iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    return np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+
+
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) boxes given as x1, y1, x2, y2."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    inter = box_intersection_matrix(a, b)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
