@@ -108,12 +108,22 @@ def train_detector_command(
     model: str = typer.Option(
         "yolo11n-seg.yaml", help="Model yaml (from scratch) or weights to fine-tune."
     ),
+    also_train: str | None = typer.Option(
+        None,
+        "--also-train",
+        help="Train on this dataset's training images as well, so that tuning to new frames "
+        "keeps what the detector knew: a data.yaml, or `synthetic` for the first-stage corpus "
+        "`surg models train-defaults` left in SURG_HOME. Validation stays --data's; the new "
+        "weights are scored on this dataset's validation split too.",
+    ),
     approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
 ) -> None:
     """Train the instrument detector and register it (Pending unless --approve-as)."""
     from ml_models.detector import evaluate_detector, train_detector
-    from ml_models.training import boxes_to_segment_dataset
+    from ml_models.training import boxes_to_segment_dataset, with_extra_training
     from surg_assets.models import approved_model
+
+    extra_yaml = _also_train_yaml(also_train) if also_train else None
 
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         split = None
@@ -126,11 +136,24 @@ def train_detector_command(
             raise InputError(
                 "the --data path does not exist; pass a data.yaml or a dataset folder."
             )
+        train_yaml = data_yaml
+        if extra_yaml is not None:
+            train_yaml, joined = with_extra_training(
+                data_yaml, extra_yaml, Path(tmp) / "joined.yaml"
+            )
+            err.print(
+                f"training on {joined['train']} images of --data and {joined['also_train']} "
+                "of --also-train"
+            )
         err.print(f"training the instrument detector for {epochs} epochs at {imgsz} px")
         result = train_detector(
-            data_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model
+            train_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model
         )
         metrics = evaluate_detector(result.weights, data_yaml, imgsz=imgsz)
+        also = None
+        if extra_yaml is not None:
+            also = evaluate_detector(result.weights, extra_yaml, imgsz=imgsz)["box_map50"]
+            err.print(f"on the --also-train data's validation split: box mAP50 {also:.3f}")
         # The Approved detector's figures come from its own data (the defaults: synthetic
         # frames); the candidate must not be worse than it on *this* validation split.
         try:
@@ -150,6 +173,8 @@ def train_detector_command(
             init=model,
             epochs=epochs,
             imgsz=imgsz,
+            also_trained_on=str(extra_yaml) if extra_yaml else None,
+            also_val_box_map50=also,
             split=split or "as given by the data.yaml",
             split_rule="by image (file name), sha1 bucket < 0.2 -> val" if split else None,
             train_seconds=round(result.seconds, 1),
@@ -161,6 +186,24 @@ def train_detector_command(
             ),
         )
         _register("instrument_detector", result.weights, card, metrics, approve_as, baseline)
+
+
+def _also_train_yaml(value: str) -> Path:
+    """The data.yaml `--also-train` names (`synthetic`: the defaults' first-stage corpus)."""
+    if value == "synthetic":
+        from resources.settings import load_settings
+
+        path = load_settings().home / "default-training" / "detector-dataset" / "data.yaml"
+        if not path.is_file():
+            raise InputError(
+                "--also-train synthetic needs the synthetic corpus of `surg models "
+                "train-defaults` in this SURG_HOME; run that first or pass a data.yaml."
+            )
+        return path
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(f"--also-train: {path.name} does not exist; pass a YOLO data.yaml.")
+    return path
 
 
 @train_app.command("phase")
@@ -352,10 +395,17 @@ def _default_data(name: str, recipe: Any) -> str:
             f"(phase and instrument presence): {len(r.encoder_seeds)} short cases, seeds "
             f"{seeds(r.encoder_seeds)}, {r.encoder_minutes:g} min each"
         )
-    if name == "instrument_detector" and r.finetune_epochs:
-        return (
-            f"{cases}; then fine-tuned {r.finetune_epochs} epochs with seeds "
+    if name != "instrument_detector":
+        return cases
+    if r.finetune_epochs:
+        cases += (
+            f"; then fine-tuned {r.finetune_epochs} epochs with seeds "
             f"{seeds(r.finetune_seeds)} added ({r.finetune_minutes:g} min each)"
+        )
+    if r.refine_epochs:
+        cases += (
+            f"; then {r.refine_epochs} more epochs with seeds {seeds(r.refine_seeds)} added "
+            f"({r.refine_minutes:g} min each)"
         )
     return cases
 
@@ -377,6 +427,11 @@ def models_train_defaults(
     finetune_epochs: int | None = typer.Option(
         None,
         help="Detector epochs on the wider corpus after the first stage (0: none; default: "
+        "the recipe's).",
+    ),
+    refine_epochs: int | None = typer.Option(
+        None,
+        help="Detector epochs on the widest corpus after the fine-tuning (0: none; default: "
         "the recipe's).",
     ),
     only: list[str] = typer.Option(
@@ -402,12 +457,20 @@ def models_train_defaults(
         raise InputError(f"--only {unknown[0]} is not a default model; choose from {names}.")
     if recipe_name not in RECIPES:
         raise InputError(f"--recipe {recipe_name} is unknown; choose from {', '.join(RECIPES)}.")
-    limits = (("--epochs", epochs, 1), ("--finetune-epochs", finetune_epochs, 0))
+    limits = (
+        ("--epochs", epochs, 1),
+        ("--finetune-epochs", finetune_epochs, 0),
+        ("--refine-epochs", refine_epochs, 0),
+    )
     for option, value, least in limits:
         if value is not None and value < least:
             raise InputError(f"{option} must be a whole number of epochs; got {value}.")
     recipe = RECIPES[recipe_name]
-    overrides = {"detector_epochs": epochs, "finetune_epochs": finetune_epochs}
+    overrides = {
+        "detector_epochs": epochs,
+        "finetune_epochs": finetune_epochs,
+        "refine_epochs": refine_epochs,
+    }
     recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     from resources.settings import load_settings
 

@@ -251,6 +251,41 @@ def test_train_detector_without_any_approved_detector_registers_without_a_compar
     assert "instrument_detector v1 registered: Pending" in result.output
 
 
+def test_train_detector_also_trains_on_a_second_dataset_and_scores_the_weights_on_both(
+    tmp_path: Path, surg_home: Path, synthetic_case: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import surg_assets.models as models
+    from ml_models.training import detector_dataset
+    from surg_assets.cli import app
+
+    data = _real_boxes(tmp_path, images=12)
+    synth = detector_dataset([synthetic_case, synthetic_case], tmp_path / "synth", val_cases=1)
+    frames = len(list((synth.parent / "images" / "train").iterdir()))
+    monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
+    base = ["train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "96"]
+    result = CliRunner().invoke(app, [*base, "--also-train", str(synth)])
+    assert result.exit_code == 0, result.output
+    said = re.search(r"training on (\d+) images of --data and (\d+) of --also-train", result.output)
+    assert said and int(said[2]) == frames > 0, result.output
+    assert 0 < int(said[1]) <= 12
+    assert re.search(
+        r"on the --also-train data's validation split: box mAP50 [\d.]+", result.output
+    )
+    assert "instrument_detector v1 registered: Pending" in result.output
+
+    # Asked for the defaults' synthetic corpus where none was made, or a file that is not
+    # there: one clear error each, and nothing registered.
+    for value, message in (
+        ("synthetic", "--also-train synthetic needs the synthetic corpus"),
+        (str(tmp_path / "nope.yaml"), "--also-train: nope.yaml does not exist"),
+    ):
+        assert_user_error(surg(surg_home, *base, "--also-train", value), message)
+    listing = surg(surg_home, "models", "list")
+    assert "v1" in listing.stdout and "v2" not in listing.stdout
+
+
 def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without_any(
     tmp_path: Path, synthetic_case: Path
 ) -> None:

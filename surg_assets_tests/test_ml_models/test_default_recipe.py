@@ -78,6 +78,46 @@ def test_the_recipe_trains_every_default_model_and_counts_its_steps(tmp_path: Pa
     assert summary.stat().st_mtime_ns != first
 
 
+def test_the_detector_stages_each_add_their_cases_and_hand_on_their_weights(
+    tmp_path: Path,
+) -> None:
+    import filecmp
+
+    staged = dataclasses.replace(
+        TINY,
+        finetune_seeds=(1005,),
+        finetune_minutes=0.25,
+        finetune_epochs=1,
+        refine_seeds=(1017,),
+        refine_minutes=0.25,
+        refine_epochs=1,
+    )
+    steps: list[str] = []
+    work = tmp_path / "work"
+    result = train_default_models(
+        work, tmp_path / "out", recipe=staged, only=("instrument_detector",), step=steps.append
+    )
+    assert len(steps) == staged.steps({"instrument_detector"}), steps
+    assert [s for s in steps if "epoch" in s] == [
+        "detector epoch 1/1",
+        "detector fine-tuning epoch 1/1",
+        "detector refining epoch 1/1",
+    ]
+
+    def cases_in(stage: str, split: str) -> set[str]:
+        images = work / f"detector-dataset-{stage}" / "images" / split
+        return {f.name.split("_")[0] for f in images.iterdir()}
+
+    # Each stage keeps the cases before it and adds its own; validation is always seed 1004.
+    assert cases_in("finetune", "train") == {"seed-1001", "seed-1005"}
+    assert cases_in("refine", "train") == {"seed-1001", "seed-1005", "seed-1017"}
+    assert cases_in("refine", "val") == cases_in("finetune", "val") == {"seed-1004"}
+    # What is shipped is the last stage's weights.
+    weights = work / "detector-runs-refine" / "train" / "weights"
+    shipped = result.files["instrument_detector"]
+    assert any(filecmp.cmp(shipped, w, shallow=False) for w in weights.glob("*.pt"))
+
+
 def test_the_quick_recipe_trains_only_on_seeds_the_full_recipe_trains_on() -> None:
     # Held-out evaluation seeds (2001+) must stay unseen whichever recipe made the weights.
     full = FULL_RECIPE
@@ -112,6 +152,10 @@ def test_train_defaults_refuses_an_unknown_recipe_or_model(tmp_path: Path) -> No
     assert_user_error(
         surg(home, "models", "train-defaults", "--epochs", "0", "--out", str(out)),
         "--epochs must be a whole number of epochs",
+    )
+    assert_user_error(
+        surg(home, "models", "train-defaults", "--refine-epochs", "-1", "--out", str(out)),
+        "--refine-epochs must be a whole number of epochs",
     )
     assert not out.exists()
 
@@ -165,3 +209,14 @@ def test_train_defaults_quick_writes_the_weights_and_cards_with_a_progress_bar(
     assert card["metrics"]["frames"] > 0
     assert OutOfBodyClassifier.load(out / "out_of_body_model.pt").threshold > 0
     assert sorted(p.name for p in out.iterdir()) == ["cards.json", "out_of_body_model.pt"]
+
+
+def test_the_detector_card_names_every_stage_of_its_recipe() -> None:
+    from surg_assets.cli_models import _default_data
+
+    full = _default_data("instrument_detector", FULL_RECIPE)
+    assert "seeds 1001, 1002, 1003, 1004" in full
+    assert "fine-tuned 10 epochs with seeds 1005-1016" in full
+    assert "5 more epochs with seeds 1017-1028" in full
+    quick = _default_data("instrument_detector", QUICK_RECIPE)
+    assert "fine-tuned" not in quick and "more epochs" not in quick

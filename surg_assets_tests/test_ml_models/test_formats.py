@@ -123,6 +123,42 @@ def test_the_real_box_dataset_gets_a_fixed_split_by_image(tmp_path: Path) -> Non
     )
 
 
+def test_joined_training_data_reads_both_training_splits_and_validates_on_the_first(
+    tmp_path: Path, synthetic_case: Path
+) -> None:
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+
+    from ml_models.training import boxes_to_segment_dataset, detector_dataset, with_extra_training
+    from ml_models.ultra import ultralytics_offline
+
+    ultralytics_offline()
+    real, counts = boxes_to_segment_dataset(shared("cholec80-tools-yolo"), tmp_path / "real")
+    synth = detector_dataset([synthetic_case, synthetic_case], tmp_path / "synth", val_cases=1)
+    joined, joined_counts = with_extra_training(real, synth, tmp_path / "joined" / "data.yaml")
+
+    spec = check_det_dataset(str(joined))  # what ultralytics' trainer will read
+    assert spec["train"] == [
+        str(real.parent / "images" / "train"),
+        str(synth.parent / "images" / "train"),
+    ]
+    assert spec["val"] == str(real.parent / "images" / "val")
+    train_images = [p for folder in spec["train"] for p in sorted(Path(folder).iterdir())]
+    synthetic_frames = len(list((synth.parent / "images" / "train").iterdir()))
+    assert len(train_images) == counts["train"] + synthetic_frames > counts["train"]
+    assert joined_counts == {"train": counts["train"], "also_train": synthetic_frames}
+    assert all(Path(label).is_file() for label in img2label_paths([str(p) for p in train_images]))
+
+    other = tmp_path / "other.yaml"
+    other.write_text("train: images/train\nval: images/val\nnames:\n  0: needle\n")
+    with pytest.raises(InputError, match="other.yaml names other classes than the training data"):
+        with_extra_training(real, other, tmp_path / "x.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("just: [unclosed")
+    with pytest.raises(InputError, match="broken.yaml is not a YOLO data.yaml"):
+        with_extra_training(real, broken, tmp_path / "x.yaml")
+    assert not (tmp_path / "x.yaml").exists()
+
+
 def test_coco_and_labelme_of_cholecinstanceseg_agree() -> None:
     root = shared("cholecinstanceseg-sample")
     coco_file = root / "_sample_results/generated_coco_files/sample_generated_coco.json"
