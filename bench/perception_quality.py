@@ -63,17 +63,10 @@ def _pred_boxes(table, video: str, with_tracks: bool) -> list[Annotation]:
     ]
 
 
-def synthetic_figures(case: Path, models: dict) -> dict:
-    """Every synthetic-ground-truth figure for one held-out case."""
+def sampled_truth(case: Path, det) -> list[Annotation]:
+    """The case's ground-truth boxes on the frames the detector was run on (5 fps)."""
     summary = json.loads((case / "summary.json").read_text())
-    fps, video = float(summary["fps"]), str(case / "video.mp4")
-    figures: dict = {"case_seconds": summary["duration_s"]}
-
-    started = time.perf_counter()
-    det, run = detect_video(models["detector"], video, "bench", "default", sample_fps=SAMPLE_FPS)
-    figures["detector_frames_per_s"] = round(run.fps, 2)
-    tracker = TrackingConfig().tracker  # the pipeline's
-    tracks = track_detections(det, (summary["width"], summary["height"]), SAMPLE_FPS, tracker)
+    fps = float(summary["fps"])
     sampled = set(det.column("frame_index").to_pylist()) | {
         int(round(k * fps / SAMPLE_FPS)) for k in range(int(summary["duration_s"] * SAMPLE_FPS))
     }
@@ -84,16 +77,37 @@ def synthetic_figures(case: Path, models: dict) -> dict:
     ]
     for a in gt:
         a.score = None
+    return gt
+
+
+def tracking_figures(case: Path, det) -> dict[str, float]:
+    """HOTA, IDF1, MOTA (the pipeline's tracker over ``det``) and detection mAP50 of one case."""
+    summary = json.loads((case / "summary.json").read_text())
+    tracker = TrackingConfig().tracker  # the pipeline's
+    tracks = track_detections(det, (summary["width"], summary["height"]), SAMPLE_FPS, tracker)
+    gt = sampled_truth(case, det)
     trk = tracking_metrics(gt, _pred_boxes(tracks, "bench", True))
-    figures.update(hota=trk.hota, idf1=trk.idf1, mota=trk.mota)
     dm = detection_map(gt, _pred_boxes(det, "bench", False))
-    figures["detection_map50"] = dm.map50
+    return {"hota": trk.hota, "idf1": trk.idf1, "mota": trk.mota, "detection_map50": dm.map50}
+
+
+def synthetic_figures(case: Path, models: dict) -> dict:
+    """Every synthetic-ground-truth figure for one held-out case."""
+    summary = json.loads((case / "summary.json").read_text())
+    video = str(case / "video.mp4")
+    figures: dict = {"case_seconds": summary["duration_s"]}
+
+    started = time.perf_counter()
+    det, run = detect_video(models["detector"], video, "bench", "default", sample_fps=SAMPLE_FPS)
+    figures["detector_frames_per_s"] = round(run.fps, 2)
+    figures.update(tracking_figures(case, det))
     figures["perception_seconds"] = round(time.perf_counter() - started, 1)
     # The speed bench's baseline runs ultralytics at 640 px; the pipeline runs the detector at
     # the 320 px it was trained at. This is what that choice of size does to accuracy.
     big, _ = detect_video(
         models["detector"], video, "bench", "default", sample_fps=SAMPLE_FPS, imgsz=640
     )
+    gt = sampled_truth(case, det)
     figures["detection_map50_at_640px"] = detection_map(gt, _pred_boxes(big, "bench", False)).map50
 
     times, probs = models["phases"].predict_video(video)

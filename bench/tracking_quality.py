@@ -27,13 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # Run as a script, this folder is on the path (as for the other benches).
-from perception_quality import SAMPLE_FPS, _pred_boxes  # noqa: E402
+from perception_quality import SAMPLE_FPS, tracking_figures  # noqa: E402
 
 from ml_models.detector import detect_video, load_model  # noqa: E402
-from ml_models.formats.mot import load_mot  # noqa: E402
-from ml_models.metrics.detection import detection_map  # noqa: E402
-from ml_models.metrics.tracking import tracking_metrics  # noqa: E402
-from ml_models.tracking import track_detections  # noqa: E402
 from surg_assets.assets.perception import TrackingConfig  # noqa: E402
 from surg_assets.models import default_weights_file  # noqa: E402
 
@@ -50,24 +46,8 @@ def seeds_from(text: str) -> list[int]:
 
 def case_figures(case: Path, model: object) -> dict[str, float]:
     """HOTA, IDF1, MOTA and detection mAP50 of one rendered case at the pipeline's settings."""
-    summary = json.loads((case / "summary.json").read_text())
-    fps, video = float(summary["fps"]), str(case / "video.mp4")
-    det, _ = detect_video(model, video, "bench", "default", sample_fps=SAMPLE_FPS)
-    size = (summary["width"], summary["height"])
-    tracks = track_detections(det, size, SAMPLE_FPS, TrackingConfig().tracker)
-    sampled = set(det.column("frame_index").to_pylist()) | {
-        int(round(k * fps / SAMPLE_FPS)) for k in range(int(summary["duration_s"] * SAMPLE_FPS))
-    }
-    gt = [
-        a
-        for a in load_mot(case / "mot" / "gt" / "gt.txt", fps=fps, video="bench").annotations
-        if a.frame_index in sampled
-    ]
-    for a in gt:
-        a.score = None
-    trk = tracking_metrics(gt, _pred_boxes(tracks, "bench", True))
-    dm = detection_map(gt, _pred_boxes(det, "bench", False))
-    return {"hota": trk.hota, "idf1": trk.idf1, "mota": trk.mota, "detection_map50": dm.map50}
+    det, _ = detect_video(model, str(case / "video.mp4"), "bench", "default", sample_fps=SAMPLE_FPS)
+    return tracking_figures(case, det)
 
 
 def main() -> None:
