@@ -70,7 +70,8 @@ up: install
 	DAGSTER_HOME=$(SURG_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml; kill $$web
 
 bench: install
-	# pipeline_speed.py --quick (one run) keeps the whole loop under 20 minutes on 2 cores.
+	# pipeline_speed.py --quick (one run) keeps the loop short; tracking_quality.py renders five
+	# 3-minute cases once (about 3 minutes of its own on 2 cores).
 	for f in bench/[!_]*.py; do case $$f in */pipeline_speed.py) a=--quick;; *) a=;; esac; \
 		$(BIN)/python $$f $$a || exit 1; done
 
