@@ -80,12 +80,12 @@ def sampled_truth(case: Path, det) -> list[Annotation]:
     return gt
 
 
-def tracking_figures(case: Path, det) -> dict[str, float]:
-    """HOTA, IDF1, MOTA (the pipeline's tracker over ``det``) and detection mAP50 of one case."""
+def tracking_figures(case: Path, det, gt: list[Annotation]) -> dict[str, float]:
+    """HOTA, IDF1, MOTA (the pipeline's tracker over ``det``) and detection mAP50 of one case,
+    against ``gt`` (:func:`sampled_truth`)."""
     summary = json.loads((case / "summary.json").read_text())
     tracker = TrackingConfig().tracker  # the pipeline's
     tracks = track_detections(det, (summary["width"], summary["height"]), SAMPLE_FPS, tracker)
-    gt = sampled_truth(case, det)
     trk = tracking_metrics(gt, _pred_boxes(tracks, "bench", True))
     dm = detection_map(gt, _pred_boxes(det, "bench", False))
     return {"hota": trk.hota, "idf1": trk.idf1, "mota": trk.mota, "detection_map50": dm.map50}
@@ -100,14 +100,14 @@ def synthetic_figures(case: Path, models: dict) -> dict:
     started = time.perf_counter()
     det, run = detect_video(models["detector"], video, "bench", "default", sample_fps=SAMPLE_FPS)
     figures["detector_frames_per_s"] = round(run.fps, 2)
-    figures.update(tracking_figures(case, det))
+    gt = sampled_truth(case, det)
+    figures.update(tracking_figures(case, det, gt))
     figures["perception_seconds"] = round(time.perf_counter() - started, 1)
     # The speed bench's baseline runs ultralytics at 640 px; the pipeline runs the detector at
     # the 320 px it was trained at. This is what that choice of size does to accuracy.
     big, _ = detect_video(
         models["detector"], video, "bench", "default", sample_fps=SAMPLE_FPS, imgsz=640
     )
-    gt = sampled_truth(case, det)
     figures["detection_map50_at_640px"] = detection_map(gt, _pred_boxes(big, "bench", False)).map50
 
     times, probs = models["phases"].predict_video(video)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # Run as a script, this folder is on the path (as for the other benches).
-from perception_quality import SAMPLE_FPS, tracking_figures  # noqa: E402
+from perception_quality import SAMPLE_FPS, sampled_truth, tracking_figures  # noqa: E402
 
 from ml_models.detector import detect_video, load_model  # noqa: E402
 from surg_assets.assets.perception import TrackingConfig  # noqa: E402
@@ -47,7 +47,7 @@ def seeds_from(text: str) -> list[int]:
 def case_figures(case: Path, model: object) -> dict[str, float]:
     """HOTA, IDF1, MOTA and detection mAP50 of one rendered case at the pipeline's settings."""
     det, _ = detect_video(model, str(case / "video.mp4"), "bench", "default", sample_fps=SAMPLE_FPS)
-    return tracking_figures(case, det)
+    return tracking_figures(case, det, sampled_truth(case, det))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import yaml
 from ml_models.errors import InputError
 from ml_models.formats.cholec import load_cholec80_phases, load_cholec80_tools
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
+from ml_models.formats.yolo import yaml_class_names
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
 
 Log = Callable[[str], None]
@@ -314,6 +315,9 @@ def train_phases(
 
 
 DEFAULT_MODEL_NAMES = ("out_of_body_model", "phase_model", "instrument_detector")
+# The detector's first-stage dataset inside the recipe's work folder (`surg train detector
+# --also-train synthetic` reads it there).
+FIRST_STAGE_DATASET = "detector-dataset"
 # The detector's second stage: twelve more short cases (seeds no evaluation uses).
 DETECTOR_FINETUNE_SEEDS = tuple(range(1005, 1017))
 # Its third stage: twelve more again, with the second stage's cases kept (the second stage's
@@ -513,7 +517,7 @@ def train_default_models(
                 on_epoch=lambda e: step(f"{what} epoch {e}/{epochs}"),
             ).weights
 
-        data = detector_dataset(cases, work / "detector-dataset", val_cases=1)
+        data = detector_dataset(cases, work / FIRST_STAGE_DATASET, val_cases=1)
         weights = fit(
             data, "detector-runs", r.detector_epochs, "detector", DEFAULT_ARCH, r.detector_args
         )
@@ -521,19 +525,20 @@ def train_default_models(
         # the first stage's last), starting from the stage before.
         seen = cases[:-1]
         later = (
-            ("finetune", r.finetune_seeds, r.finetune_minutes, r.finetune_epochs, r.detector_args),
-            ("refine", r.refine_seeds, r.refine_minutes, r.refine_epochs, r.refine_args),
-        )
-        for stage, seeds, minutes, epochs, args in later:
+            ("finetune", "detector fine-tuning", r.finetune_seeds, r.finetune_minutes,
+             r.finetune_epochs, r.detector_args),
+            ("refine", "detector refining", r.refine_seeds, r.refine_minutes, r.refine_epochs,
+             r.refine_args),
+        )  # fmt: skip
+        for stage, what, seeds, minutes, epochs, args in later:
             if epochs <= 0:
                 continue
             seen = seen + synthetic_corpus(
                 work / f"synthetic-{stage}", list(seeds), minutes, log=log, step=step
             )
             data = detector_dataset(
-                seen + cases[-1:], work / f"detector-dataset-{stage}", val_cases=1
+                seen + cases[-1:], work / f"{FIRST_STAGE_DATASET}-{stage}", val_cases=1
             )
-            what = "detector fine-tuning" if stage == "finetune" else "detector refining"
             weights = fit(data, f"detector-runs-{stage}", epochs, what, weights, args)
         shutil.copyfile(weights, out / "instrument_detector.pt")
         metrics = evaluate_detector(out / "instrument_detector.pt", data, imgsz=r.detector_imgsz)
@@ -601,7 +606,8 @@ def _dataset_parts(data_yaml: Path) -> tuple[list[str], list[str], list[str]]:
         spec = yaml.safe_load(data_yaml.read_text()) or {}
     except (OSError, yaml.YAMLError):
         spec = None
-    if not isinstance(spec, dict) or "train" not in spec or "names" not in spec:
+    names = yaml_class_names(spec.get("names")) if isinstance(spec, dict) else None
+    if names is None or "train" not in spec:
         raise InputError(
             f"{data_yaml.name} is not a YOLO data.yaml (train, val and names); pass the "
             "data.yaml of a YOLO dataset."
@@ -614,9 +620,7 @@ def _dataset_parts(data_yaml: Path) -> tuple[list[str], list[str], list[str]]:
         value = spec.get(key) or []
         return [str(root / p) for p in ([value] if isinstance(value, str) else value)]
 
-    names = spec["names"]
-    names = [names[k] for k in sorted(names, key=int)] if isinstance(names, dict) else names
-    return [str(n) for n in names], folders("train"), folders("val")
+    return names, folders("train"), folders("val")
 
 
 def with_extra_training(

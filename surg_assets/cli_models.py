@@ -191,9 +191,10 @@ def train_detector_command(
 def _also_train_yaml(value: str) -> Path:
     """The data.yaml `--also-train` names (`synthetic`: the defaults' first-stage corpus)."""
     if value == "synthetic":
+        from ml_models.training import FIRST_STAGE_DATASET
         from resources.settings import load_settings
 
-        path = load_settings().home / "default-training" / "detector-dataset" / "data.yaml"
+        path = load_settings().home / "default-training" / FIRST_STAGE_DATASET / "data.yaml"
         if not path.is_file():
             raise InputError(
                 "--also-train synthetic needs the synthetic corpus of `surg models "

@@ -19,6 +19,15 @@ from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, instrument_id
 from ml_models.formats.model import Annotation, AnnotationSet
 
 
+def yaml_class_names(names: object) -> list[str] | None:
+    """A data.yaml's ``names`` (a list, or a mapping from class index) as a list, else None."""
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=int)]
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    return None
+
+
 def _names_from_yaml(root: Path) -> list[str] | None:
     for p in (root / "data.yaml", root / "dataset.yaml"):
         if p.is_file():
@@ -29,11 +38,9 @@ def _names_from_yaml(root: Path) -> list[str] | None:
                 raise format_error(
                     p, "is not valid YAML", "repair it", None if line is None else line + 1
                 ) from None
-            names = data.get("names")
-            if isinstance(names, dict):
-                return [str(names[k]) for k in sorted(names, key=int)]
-            if isinstance(names, list):
-                return [str(n) for n in names]
+            names = yaml_class_names(data.get("names"))
+            if names is not None:
+                return names
     return None
 
 
