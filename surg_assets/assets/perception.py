@@ -290,6 +290,8 @@ class TrackingConfig(dg.Config):
     # ByteTrack on both held-out synthetic cases with the default detector (HOTA 0.63 / 0.58
     # against 0.58 / 0.57; BENCHMARKS.md 2026-12-02).
     tracker: str = "botsort"
+    # Bridges gaps within one track. Tracks are already cut where unseen for over
+    # ml_models.tracking.SPLIT_GAP_S (1 s), so only a value below that changes the intervals.
     max_gap_s: float = 2.0
 
 
