@@ -80,12 +80,18 @@ def sampled_truth(case: Path, det) -> list[Annotation]:
     return gt
 
 
-def tracking_figures(case: Path, det, gt: list[Annotation]) -> dict[str, float]:
-    """HOTA, IDF1, MOTA (the pipeline's tracker over ``det``) and detection mAP50 of one case,
-    against ``gt`` (:func:`sampled_truth`)."""
+def pipeline_tracks(case: Path, det):
+    """The pipeline's tracker over ``det`` (detections of ``case`` at 5 fps)."""
     summary = json.loads((case / "summary.json").read_text())
     tracker = TrackingConfig().tracker  # the pipeline's
-    tracks = track_detections(det, (summary["width"], summary["height"]), SAMPLE_FPS, tracker)
+    return track_detections(det, (summary["width"], summary["height"]), SAMPLE_FPS, tracker)
+
+
+def tracking_figures(case: Path, det, gt: list[Annotation], tracks=None) -> dict[str, float]:
+    """HOTA, IDF1, MOTA (the pipeline's tracker over ``det``, or ``tracks`` when given) and
+    detection mAP50 of one case, against ``gt`` (:func:`sampled_truth`)."""
+    if tracks is None:
+        tracks = pipeline_tracks(case, det)
     trk = tracking_metrics(gt, _pred_boxes(tracks, "bench", True))
     dm = detection_map(gt, _pred_boxes(det, "bench", False))
     return {"hota": trk.hota, "idf1": trk.idf1, "mota": trk.mota, "detection_map50": dm.map50}

@@ -21,6 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
+from ml_models.tracking import USAGE_GAP_S
 
 ANALYSIS_SCHEMA_VERSION = "1.0"
 
@@ -78,8 +79,10 @@ class InstrumentUsage(_Strict):
 
     instrument: str
     class_id: int
-    visible_s: float = Field(ge=0, description="time visible (union over its tracks)")
-    appearances: int = Field(ge=0, description="separate visible stretches")
+    visible_s: float = Field(
+        ge=0, description="time in use: union over its tracks, short gaps bridged"
+    )
+    appearances: int = Field(ge=0, description="separate stretches in use, short gaps bridged")
     tracks: int = Field(ge=0)
     first_use_s: float
     last_use_s: float
@@ -87,7 +90,7 @@ class InstrumentUsage(_Strict):
     last_use: str = Field(pattern=r"^\d{2}:\d{2}:\d{2}$")
     mean_confidence: float | None = None
     per_phase_s: dict[str, float] = Field(description="visible seconds within each phase")
-    intervals: list[tuple[float, float]] = Field(description="visible stretches [start_s, end_s]")
+    intervals: list[tuple[float, float]] = Field(description="stretches in use [start_s, end_s]")
 
 
 class VideoEvent(_Strict):
@@ -172,11 +175,14 @@ def parse_clock(text: str) -> float | None:
     return float(h * 3600 + mnt * 60 + sec)
 
 
-def merge_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Union of intervals (touching or overlapping ones join), sorted by start."""
+def merge_intervals(
+    intervals: list[tuple[float, float]], max_gap_s: float = 0.0
+) -> list[tuple[float, float]]:
+    """Union of intervals, sorted by start: overlapping or touching ones join, and so do ones
+    less than ``max_gap_s`` apart (the gap then counts as covered)."""
     out: list[tuple[float, float]] = []
     for start, end in sorted(intervals):
-        if out and start <= out[-1][1] + 1e-9:
+        if out and start <= out[-1][1] + max_gap_s + 1e-9:
             out[-1] = (out[-1][0], max(out[-1][1], end))
         else:
             out.append((start, end))
@@ -210,6 +216,7 @@ def build_analysis(
     dataset_versions: dict[str, str] | None = None,
     reference: dict[str, Any] | None = None,
     rules: AnomalyRules | None = None,
+    usage_gap_s: float = USAGE_GAP_S,
 ) -> Analysis:
     """Build the case analysis from a case's tables.
 
@@ -225,6 +232,9 @@ def build_analysis(
         dataset_versions: Dataset version each model was trained on.
         reference: Cholec80 statistics (``load_reference()`` when omitted).
         rules: Anomaly thresholds.
+        usage_gap_s: One instrument class seen again within this many seconds (by the same
+            track or another) continues the same appearance, and the gap counts as in use. The
+            default equals the tracks' own bridging (``ml_models.tracking.USAGE_GAP_S``).
 
     Returns:
         The validated analysis.
@@ -239,7 +249,7 @@ def build_analysis(
 
     segments = _phase_segments(phases)
     durations = _phase_durations(segments, reference)
-    instruments = _instrument_usage(usage, segments)
+    instruments = _instrument_usage(usage, segments, usage_gap_s)
     event_rows = _events(events)
     counts: dict[str, int] = {}
     for e in event_rows:
@@ -307,14 +317,18 @@ def _phase_durations(segments: list[PhaseSegment], reference: dict) -> list[Phas
     ]
 
 
-def _instrument_usage(usage: pa.Table, segments: list[PhaseSegment]) -> list[InstrumentUsage]:
+def _instrument_usage(
+    usage: pa.Table, segments: list[PhaseSegment], gap_s: float
+) -> list[InstrumentUsage]:
     by_class: dict[int, list[dict]] = {}
     for r in usage.to_pylist():
         by_class.setdefault(int(r["class_id"]), []).append(r)
     out = []
     for cid, rows in sorted(by_class.items()):
-        # Two tracks of the same class at once (a second grasper) count once towards visible time.
-        merged = merge_intervals([(float(r["start_s"]), float(r["end_s"])) for r in rows])
+        # Two tracks of the same class at once (a second grasper) count once towards visible
+        # time. Tracks are cut where the tool went unseen for a second or so, so an instrument
+        # back within the gap is the same appearance, whichever track saw it.
+        merged = merge_intervals([(float(r["start_s"]), float(r["end_s"])) for r in rows], gap_s)
         per_phase: dict[str, float] = {}
         for seg in segments:
             t = sum(_overlap(iv, (seg.start_s, seg.end_s)) for iv in merged)

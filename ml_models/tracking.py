@@ -145,6 +145,10 @@ def suppress_duplicates(
 _BOX_COLUMNS = ["x1", "y1", "x2", "y2", "confidence", "class_id"]
 # What usage intervals need: everything but the polygons, which are most of a tracks table.
 USAGE_COLUMNS = ["case_id", "track_id", "class_id", "class_name", "t_s", "confidence"]
+# An instrument unseen for up to this long is still in use (hidden behind tissue, out of view for
+# a moment). Within a track, usage_intervals bridges such gaps; tracks are cut after SPLIT_GAP_S,
+# so across tracks of one class the case analysis bridges them with the same figure.
+USAGE_GAP_S = 2.0
 
 
 def _frames(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
@@ -445,9 +449,14 @@ def _number_by_first_sight(ids: np.ndarray, t_s: np.ndarray) -> np.ndarray:
     return out
 
 
-def usage_intervals(tracks: pa.Table, sample_fps: float, max_gap_s: float = 2.0) -> pa.Table:
+def usage_intervals(
+    tracks: pa.Table, sample_fps: float, max_gap_s: float = USAGE_GAP_S
+) -> pa.Table:
     """Per-instrument usage intervals: each track's visible stretches, gaps under ``max_gap_s``
     bridged (a tool hidden behind tissue for a moment is still in use).
+
+    One row per stretch of one track. Gaps between two tracks of the same class are bridged
+    later, per class, by the case analysis (``ml_models.analysis.build_analysis``).
 
     ``tracks`` needs only :data:`USAGE_COLUMNS`; read a stored tracks file with
     ``pq.read_table(path, columns=USAGE_COLUMNS)`` to leave the polygons on disk.

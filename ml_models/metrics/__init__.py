@@ -1,4 +1,5 @@
-"""Metrics the field reports: detection mAP, mask IoU, tracking HOTA/IDF1/MOTA, phases, events."""
+"""Metrics the field reports: detection mAP, mask IoU, tracking HOTA/IDF1/MOTA, phases, events,
+instrument usage."""
 
 from ml_models.metrics.detection import (
     DetectionScores,
@@ -10,12 +11,14 @@ from ml_models.metrics.detection import (
 from ml_models.metrics.events import EventScores, event_metrics, temporal_iou
 from ml_models.metrics.phases import PhaseScores, phase_metrics, phases_to_frames, relaxed_correct
 from ml_models.metrics.tracking import TrackingScores, box_iou_matrix, tracking_metrics
+from ml_models.metrics.usage import UsageScores, usage_scores
 
 __all__ = [
     "DetectionScores",
     "EventScores",
     "PhaseScores",
     "TrackingScores",
+    "UsageScores",
     "box_iou_matrix",
     "detection_map",
     "event_metrics",
@@ -27,4 +30,5 @@ __all__ = [
     "relaxed_correct",
     "temporal_iou",
     "tracking_metrics",
+    "usage_scores",
 ]

@@ -20,6 +20,7 @@ from ml_models.tables import (
     table_from_rows,
     to_parquet_bytes,
 )
+from ml_models.tracking import USAGE_GAP_S
 from resources.blob_store import BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
@@ -291,8 +292,9 @@ class TrackingConfig(dg.Config):
     # against 0.58 / 0.57; BENCHMARKS.md 2026-12-02).
     tracker: str = "botsort"
     # Bridges gaps within one track. Tracks are already cut where unseen for over
-    # ml_models.tracking.SPLIT_GAP_S (1 s), so only a value below that changes the intervals.
-    max_gap_s: float = 2.0
+    # ml_models.tracking.SPLIT_GAP_S (1 s), so only a value below that changes the intervals;
+    # gaps between tracks of one class are bridged by case_analysis (its usage_gap_s).
+    max_gap_s: float = USAGE_GAP_S
 
 
 @dg.asset(

@@ -15,7 +15,7 @@ from ml_models.analysis import (
     state_at,
 )
 from ml_models.schemas import load_schema
-from ml_models.tables import EVENTS, INSTRUMENT_USAGE
+from ml_models.tables import EVENTS, INSTRUMENT_USAGE, table_from_rows
 from surg_assets_tests.test_cognition.cases import (
     CASE,
     events_table,
@@ -98,6 +98,50 @@ def _with_phases(spans: list[tuple[int, float, float]]) -> object:
         EVENTS.empty_table(),
         VideoFacts(duration_s=spans[-1][2]),
     )
+
+
+def _usage(rows: list[tuple[int, int, str, float, float]]) -> object:
+    return table_from_rows(
+        INSTRUMENT_USAGE,
+        [
+            {"case_id": CASE, "track_id": t, "class_id": c, "class_name": n, "start_s": s,
+             "end_s": e, "detections": 10, "mean_confidence": 0.5}
+            for t, c, n, s, e in rows
+        ],
+    )  # fmt: skip
+
+
+def test_an_instrument_back_within_the_gap_is_one_appearance_whichever_track_saw_it() -> None:
+    # The tracker cuts a track after a second unseen, so one grasper hidden for 1.5 s comes
+    # back as track 2; a grasper back after 5 s, and the hook between them, stay apart.
+    usage = _usage([
+        (1, 0, "grasper", 10.0, 20.0), (2, 0, "grasper", 21.5, 30.0),
+        (3, 0, "grasper", 35.0, 40.0), (4, 2, "hook", 20.0, 21.0), (5, 2, "hook", 22.9, 24.0),
+    ])  # fmt: skip
+
+    def by(gap: float | None) -> dict:
+        extra = {} if gap is None else {"usage_gap_s": gap}
+        a = build_analysis(
+            CASE, phases_table([(1, 0, 50)]), usage, events_table().slice(0, 0),
+            VideoFacts(duration_s=50), **extra,
+        )  # fmt: skip
+        return {i.instrument: i for i in a.instruments}
+
+    default = by(None)  # 2 s, as within a track
+    assert default["grasper"].intervals == [(10, 30), (35, 40)]
+    assert default["grasper"].appearances == 2 and default["grasper"].tracks == 3
+    # The 1.5 s gap counts as in use, as it would have inside one track.
+    assert default["grasper"].visible_s == 25
+    assert default["grasper"].per_phase_s == {"Calot triangle dissection": 25}
+    assert default["hook"].intervals == [(20, 24)] and default["hook"].appearances == 1
+    # Gap 0: only overlapping or touching intervals join.
+    apart = by(0.0)
+    assert apart["grasper"].intervals == [(10, 20), (21.5, 30), (35, 40)]
+    assert apart["grasper"].visible_s == 23.5 and apart["hook"].appearances == 2
+    # A gap longer than the threshold is never bridged, whatever the threshold's rounding.
+    assert by(1.4)["grasper"].appearances == 3 and by(1.8)["hook"].appearances == 2
+    assert merge_intervals([(0, 1), (3, 4)], max_gap_s=2.0) == [(0, 4)]
+    assert merge_intervals([(0, 1), (3.01, 4)], max_gap_s=2.0) == [(0, 1), (3.01, 4)]
 
 
 def test_a_phase_much_longer_than_cholec80_is_flagged() -> None:

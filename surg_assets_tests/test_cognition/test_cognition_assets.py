@@ -138,7 +138,8 @@ def test_the_analysis_equals_the_tables_it_was_built_from(analysed_case: dict) -
     usage = read_table(store, case_id, "instrument_usage.parquet").to_pylist()
     for inst in a.instruments:
         spans = merge_intervals(
-            [(r["start_s"], r["end_s"]) for r in usage if r["class_id"] == inst.class_id]
+            [(r["start_s"], r["end_s"]) for r in usage if r["class_id"] == inst.class_id],
+            cognition.AnalysisConfig().usage_gap_s,
         )
         assert inst.visible_s == pytest.approx(sum(e - s for s, e in spans), abs=0.02)
         assert inst.appearances == len(spans)

@@ -63,7 +63,12 @@ def truth(synthetic_case: Path) -> dict:
     # Bridging gaps would add time the truth does not have: bridge nothing (one frame apart).
     usage = usage_intervals(tracks, FPS, max_gap_s=1.5 / FPS)
     analysis = build_analysis(
-        "c1", phases, usage, events, VideoFacts(duration_s=summary["duration_s"])
+        "c1",
+        phases,
+        usage,
+        events,
+        VideoFacts(duration_s=summary["duration_s"]),
+        usage_gap_s=1.5 / FPS,
     )
     visible: dict[str, list[float]] = {}
     for f in frames:

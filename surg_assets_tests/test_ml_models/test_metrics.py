@@ -17,6 +17,7 @@ from ml_models.metrics import (
     phases_to_frames,
     polygon_iou,
     tracking_metrics,
+    usage_scores,
 )
 
 
@@ -214,3 +215,22 @@ def test_instant_events_match_within_tolerance() -> None:
     pred = [("scene_cut", 10.6, 10.6), ("scene_cut", 32.0, 32.0)]
     s = event_metrics(gt, pred, tolerance_s=1.0)
     assert (s.per_kind["scene_cut"]["tp"], s.per_kind["scene_cut"]["fp"]) == (1, 1)
+
+
+def test_usage_scores_count_appearances_and_pool_time_over_classes() -> None:
+    truth = {"grasper": [(0.0, 10.0), (20.0, 30.0)], "hook": [(0.0, 2.0)]}
+    # Grasper: one long stretch 0-30 (1 appearance, truth 2), overlap 20 s of union 30 s.
+    # Hook: missed. Clipper: 5 s that the truth does not have.
+    pred = {"grasper": [(0.0, 30.0)], "clipper": [(40.0, 45.0)]}
+    s = usage_scores(truth, pred)
+    # Appearance errors: clipper |0-1|, grasper |2-1|, hook |1-0| -> mean 1.
+    assert s.appearance_error == 1.0
+    assert s.per_class["grasper"] == {
+        "true_appearances": 2, "predicted_appearances": 1, "time_iou": pytest.approx(20 / 30)
+    }  # fmt: skip
+    assert s.per_class["hook"]["time_iou"] == 0.0
+    # Pooled: both 20 s; either 30 + 2 + 5 = 37 s; predicted 35 s; true 22 s.
+    assert s.time_iou == pytest.approx(20 / 37)
+    assert (s.time_precision, s.time_recall) == (pytest.approx(20 / 35), pytest.approx(20 / 22))
+    perfect = usage_scores(truth, truth)
+    assert (perfect.appearance_error, perfect.time_iou) == (0.0, 1.0)
