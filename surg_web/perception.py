@@ -18,7 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
+from ml_models.analysis import merge_intervals
 from ml_models.datasets import is_correction_target
+from ml_models.tracking import USAGE_GAP_S
 from resources.blob_store import BlobStore
 from resources.catalog import Annotation, Catalog
 
@@ -201,7 +203,8 @@ def timeline(blob_store: BlobStore, catalog: Catalog, case_id: str) -> dict[str,
 def instrument_usage(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
     """Usage per instrument class and per track, from ``tracks`` (or ``detections``).
 
-    ``visible_s`` is the union of the class's track spans (two graspers at once count once).
+    ``visible_s`` is the union of the class's track spans (two graspers at once count once),
+    gaps of up to ``USAGE_GAP_S`` between them bridged as in the case analysis.
     When ``analysis.json`` exists its richer per-class statistics are passed along too.
     """
     table = read_table(blob_store, case_id, "tracks")
@@ -249,13 +252,9 @@ def instrument_usage(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
         c["tracks"] += 1
         c["spans"].append((tr["start_s"], tr["end_s"]))
     for c in classes.values():
-        spans = sorted(c.pop("spans"))
-        merged: list[list[float]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
+        # Bridged as the case analysis bridges them, so the panel and the report agree: a
+        # class back within USAGE_GAP_S, on any of its tracks, was in use all along.
+        merged = [list(x) for x in merge_intervals(c.pop("spans"), USAGE_GAP_S)]
         c["visible_s"] = round(sum(b - a for a, b in merged), 2)
         c["first_s"], c["last_s"] = merged[0][0], merged[-1][1]
         c["intervals"] = merged

@@ -453,3 +453,37 @@ def test_a_track_carried_through_two_classes_is_its_majority_class(tmp_path: Pat
     usage = instrument_usage(store, "c1")
     assert [t["class_name"] for t in usage["tracks"]] == ["hook"]
     assert [c["class_name"] for c in usage["classes"]] == ["hook"]
+
+
+def test_the_panel_bridges_a_short_gap_between_tracks_as_the_report_does(tmp_path: Path) -> None:
+    # One grasper seen by track 1 (0-1.96 s), lost for 1.5 s, back as track 3 (3.5-5.46 s),
+    # then again as track 4 after 5 s unseen: two stretches in use, as the analysis says.
+    from ml_models.analysis import VideoFacts, build_analysis
+    from ml_models.tables import EVENTS, TRACKS, table_from_rows, to_parquet_bytes
+    from ml_models.tracking import usage_intervals
+    from resources.blob_store import LocalBlobStore
+    from surg_assets_tests.test_cognition.cases import phases_table
+    from surg_assets_tests.test_web.helpers import boxes
+    from surg_web.perception import instrument_usage
+
+    store = LocalBlobStore(root=str(tmp_path / "lake"))
+    first = [r for r in boxes("c1") if r["track_id"] == 1]
+    rows = list(first)
+    for track, shift in ((3, 3.5), (4, 10.46)):
+        rows += [{**r, "track_id": track, "t_s": r["t_s"] + shift} for r in first]
+    table = table_from_rows(TRACKS, rows)
+    store.put_bytes("processed-metadata/c1/tracks.parquet", to_parquet_bytes(table))
+    panel = instrument_usage(store, "c1")["classes"]
+    assert [c["class_name"] for c in panel] == ["grasper"]
+    assert [tuple(x) for x in panel[0]["intervals"]] == [
+        pytest.approx((0.0, 5.46)),
+        pytest.approx((10.46, 12.42)),
+    ]
+    assert panel[0]["visible_s"] == pytest.approx(7.42) and panel[0]["tracks"] == 3
+    analysis = build_analysis(
+        "c1", phases_table([(1, 0, 13)]), usage_intervals(table, 25.0),
+        table_from_rows(EVENTS, []), VideoFacts(duration_s=13),
+    )  # fmt: skip
+    # The analysis ends each stretch one sample later (25 fps here), otherwise the same.
+    assert analysis.instruments[0].appearances == len(panel[0]["intervals"]) == 2
+    assert [s for s, _ in analysis.instruments[0].intervals] == [0.0, 10.46]
