@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
 from ml_models.detector import detect_video, load_model  # noqa: E402
@@ -154,30 +153,22 @@ def synthetic_figures(case: Path, models: dict) -> dict:
 
 def real_clip_figures(models: dict) -> dict:
     """Out-of-body false alarms and instrument hit rate on the real Cholec80 clips."""
-    hints = SHARED / "cholec80-clips" / "clip_phase_hints.csv"
+    from real_frames import CLIPS, named_instrument_figures
+
+    hints = CLIPS / "clip_phase_hints.csv"
     if not hints.exists():
         return {"real_clips": "absent"}
     rows = list(csv.DictReader(hints.open()))
-    oob_frames = hit = total = 0
-    per_clip = {}
+    oob_frames = 0
     for row in rows:
-        video = SHARED / "cholec80-clips" / "clips" / row["clip"]
-        instrument = row["triplet"].split(",")[0]
-        det, run = detect_video(models["detector"], video, "real", "default", sample_fps=SAMPLE_FPS)
-        df = det.to_pandas()
-        found = set(df[df.class_name == instrument].frame_index)
-        per_clip[row["clip"][:24]] = round(len(found) / max(1, run.frames), 3)
-        hit += len(found)
-        total += run.frames
-        scan = scan_video(video, models["oob"])
+        scan = scan_video(CLIPS / "clips" / row["clip"], models["oob"])
         oob_frames += sum(
             int(round((e.end_s - e.start_s) * 2)) for e in scan.events if e.kind == "out_of_body"
         )
     return {
         "real_clips": len(rows),
         "real_out_of_body_frames_flagged": oob_frames,
-        "real_named_instrument_found_fraction": round(hit / max(1, total), 3),
-        "real_per_clip": per_clip,
+        **named_instrument_figures(models["detector"]),
     }
 
 
