@@ -98,6 +98,7 @@ class ChunkDetections:
     model_version: str = ""
     runtime: str = ""
     file: str | None = None
+    imgsz: int | None = None
 
     @property
     def owned_frames(self) -> int:

@@ -68,6 +68,35 @@ def load_model(
     return YOLO(str(path), task="segment")
 
 
+# What a checkpoint that does not record its training size is run at: the defaults' size.
+DEFAULT_IMGSZ = 320
+
+
+def trained_imgsz(weights: str | Path) -> int:
+    """The input size ``weights`` were trained at (ultralytics keeps its training arguments in
+    the checkpoint); :data:`DEFAULT_IMGSZ` for weights that do not record it.
+
+    A detector sees instruments at the scale it learnt them: one trained at 416 px and run at
+    320 px found the named instrument in 0.162 of the real clips' frames, at 416 px in 0.188
+    (BENCHMARKS.md, "Real detector at 416 px, and what the real clips show").
+    """
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(
+            "the instrument detector weights file does not exist; train one with "
+            "`surg train detector` or `make models`."
+        )
+    # The project's own checkpoints (ultralytics loads them the same way, unpickling in full).
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    args = checkpoint.get("train_args") if isinstance(checkpoint, dict) else None
+    size = (args or {}).get("imgsz")
+    if isinstance(size, list | tuple):  # [h, w]: the long side is what a letterbox scales to
+        size = max(size)
+    return int(size) if isinstance(size, int | float) and size > 0 else DEFAULT_IMGSZ
+
+
 def onnx_graph(weights: Path, imgsz: int, cache_dir: str | Path | None = None) -> Path:
     """The ONNX export of ``weights`` at ``imgsz`` (dynamic batch), made once and cached."""
     import hashlib

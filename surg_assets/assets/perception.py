@@ -71,7 +71,9 @@ class DetectionConfig(dg.Config):
 
     sample_fps: float = 5.0
     batch_size: int = 8
-    imgsz: int = 320
+    # None: the size the Approved detector was trained at (its checkpoint says), so a detector
+    # trained at 416 px is run at 416 px without anyone remembering to set this.
+    imgsz: int | None = None
     confidence: float = 0.25
     device: str = "auto"
     # ONNX Runtime is about 2x faster than eager PyTorch on a CPU here with the same detections;
@@ -156,18 +158,17 @@ def detect_instrument_chunk(
     work: DetectionWork,
 ) -> ChunkDetections:
     """The detector over the chunk's read range (its own range plus the overlap)."""
-    from ml_models.detector import detect_video, load_model, resolve_device
+    from ml_models.detector import detect_video, load_model, resolve_device, trained_imgsz
 
     case_id, chunk = context.partition_key, work.chunk
     version = next(
         v for v in registry.versions("instrument_detector") if v.version == work.detector_version
     )
     runtime = "torch" if resolve_device(config.device).startswith("cuda") else config.runtime
+    weights = registry.local_file(version)
+    imgsz = config.imgsz or trained_imgsz(weights)
     model = load_model(
-        registry.local_file(version),
-        runtime,
-        config.imgsz,
-        cache_dir=f"{registry.cache_dir}/onnx/{version.version}",
+        weights, runtime, imgsz, cache_dir=f"{registry.cache_dir}/onnx/{version.version}"
     )
     last = [0.0]
 
@@ -193,7 +194,7 @@ def detect_instrument_chunk(
             f"instrument_detector:{version.version}",
             sample_fps=config.sample_fps,
             batch_size=config.batch_size,
-            imgsz=config.imgsz,
+            imgsz=imgsz,
             conf=config.confidence,
             device=config.device,
             progress=progress,
@@ -210,6 +211,7 @@ def detect_instrument_chunk(
         model_version=work.detector_version,
         runtime=runtime,
         file=key,
+        imgsz=imgsz,
     )
 
 
@@ -257,6 +259,7 @@ def merge_detection_chunks(
             "seconds": round(seconds, 2),
             "model_version": ", ".join(f"instrument_detector:{v}" for v in sorted(detector)),
             "runtime": parts[0].runtime if parts else config.runtime,
+            "imgsz": parts[0].imgsz if parts else config.imgsz,
             "chunks": len(parts),
             "chunk_minutes": round(detection_chunk_seconds(config) / 60.0, 3),
             "overlap_frames": merged.overlap_frames,

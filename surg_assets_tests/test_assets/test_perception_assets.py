@@ -91,6 +91,8 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
     meta = result.asset_materializations_for_node("instrument_detections")[0].metadata
     assert meta["model_version"].value == "instrument_detector:v1"
     assert meta["frames"].value == 120  # 24 s at 5 frames per second
+    # Run at the size the tiny detector was trained at, not the defaults' 320 px.
+    assert meta["imgsz"].value == 160
     events = read_table(store, case_id, "events.parquet").to_pandas()
     assert {"colour_bars", "black", "scene_cut"} <= set(events.kind)
 

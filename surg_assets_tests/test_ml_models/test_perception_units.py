@@ -774,3 +774,21 @@ def test_int8_graph_loads_like_the_fp32_one_and_finds_the_confident_boxes(
         iy = (same.y2.clip(upper=row.y2) - same.y1.clip(lower=row.y1)).clip(lower=0)
         union = (row.x2 - row.x1) * (row.y2 - row.y1) + (same.x2 - same.x1) * (same.y2 - same.y1)
         assert ((ix * iy) / (union - ix * iy)).max() >= 0.5
+
+
+def test_the_detector_runs_at_the_size_its_checkpoint_was_trained_at(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+
+    from ml_models.detector import DEFAULT_IMGSZ, trained_imgsz
+    from surg_assets.models import default_weights_file
+
+    assert trained_imgsz(tiny_models["instrument_detector"]) == 160
+    assert trained_imgsz(default_weights_file("instrument_detector")) == 320
+    # Weights that do not record their training arguments run at the defaults' size.
+    checkpoint = torch.load(tiny_models["instrument_detector"], weights_only=False)
+    checkpoint.pop("train_args")
+    torch.save(checkpoint, tmp_path / "bare.pt")
+    assert trained_imgsz(tmp_path / "bare.pt") == DEFAULT_IMGSZ == 320
+    with pytest.raises(InputError, match="weights file does not exist"):
+        trained_imgsz(tmp_path / "missing.pt")
