@@ -12,10 +12,11 @@ Two judges, both from ``../shared/data`` (skipped when it is absent):
 
 ::
 
-    python bench/real_frames.py [--weights FILE] [--imgsz 320] [--no-append]
+    python bench/real_frames.py [--weights FILE] [--imgsz N] [--no-append]
 
 ``--weights`` defaults to the shipped synthetic-only detector; pass
 ``"$(surg models path instrument_detector)"`` to judge the detector the pipeline would use.
+``--imgsz`` defaults to the size the weights were trained at, as in the pipeline.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from ml_models.detector import detect_video, load_model  # noqa: E402
+from ml_models.detector import DEFAULT_IMGSZ, detect_video, load_model, trained_imgsz  # noqa: E402
 from ml_models.formats.coco import load_labelme  # noqa: E402
 from ml_models.formats.model import Annotation  # noqa: E402
 from ml_models.metrics.detection import detection_map  # noqa: E402
@@ -94,7 +95,7 @@ def instance_frame_figures(model: object, imgsz: int) -> dict:
     return figures
 
 
-def named_instrument_figures(model: object, imgsz: int = 320) -> dict:
+def named_instrument_figures(model: object, imgsz: int = DEFAULT_IMGSZ) -> dict:
     """Fraction of sampled clip frames (5 fps) where the clip's named instrument is found."""
     hints = CLIPS / "clip_phase_hints.csv"
     if not hints.exists():
@@ -124,19 +125,20 @@ def main() -> None:
     """Score the detector on both judges and append the figures to BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", type=Path, default=None, help="Default: the shipped one.")
-    parser.add_argument("--imgsz", type=int, default=320, help="The pipeline's is 320.")
+    parser.add_argument("--imgsz", type=int, default=None, help="Default: the trained size.")
     parser.add_argument("--no-append", action="store_true", help="Print only.")
     args = parser.parse_args()
     weights = args.weights or default_weights_file("instrument_detector")
+    imgsz = args.imgsz or trained_imgsz(weights)
     model = load_model(weights)
-    figures = instance_frame_figures(model, args.imgsz)
-    figures.update(named_instrument_figures(model, args.imgsz))
+    figures = instance_frame_figures(model, imgsz)
+    figures.update(named_instrument_figures(model, imgsz))
     print(json.dumps(figures, indent=1, default=float))
     if args.no_append:
         return
     lines = [
         f"\n## Detector on real frames of other videos, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
-        f"`python bench/real_frames.py --imgsz {args.imgsz}` on {platform.machine()}, Python "
+        f"`python bench/real_frames.py --imgsz {imgsz}` on {platform.machine()}, Python "
         f"{platform.python_version()}; weights: {args.weights or 'the shipped default'}.\n",
         "| figure | value |",
         "|---|---:|",

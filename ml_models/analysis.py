@@ -179,7 +179,7 @@ def merge_intervals(
     intervals: list[tuple[float, float]], max_gap_s: float = 0.0
 ) -> list[tuple[float, float]]:
     """Union of intervals, sorted by start: overlapping or touching ones join, and so do ones
-    less than ``max_gap_s`` apart (the gap then counts as covered)."""
+    at most ``max_gap_s`` apart (the gap then counts as covered)."""
     out: list[tuple[float, float]] = []
     for start, end in sorted(intervals):
         if out and start <= out[-1][1] + max_gap_s + 1e-9:

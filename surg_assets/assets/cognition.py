@@ -60,12 +60,7 @@ class AnalysisConfig(dg.Config):
 
     def anomaly_rules(self) -> AnomalyRules:
         """The anomaly thresholds alone."""
-        return AnomalyRules(
-            long_phase_z=self.long_phase_z,
-            unusual_presence=self.unusual_presence,
-            unusual_min_s=self.unusual_min_s,
-            long_out_of_body_s=self.long_out_of_body_s,
-        )
+        return AnomalyRules(**self.model_dump(exclude={"usage_gap_s"}))
 
 
 def _table_versions(blob_store: BlobStore, case_id: str, name: str) -> list[str]:
