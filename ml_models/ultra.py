@@ -7,6 +7,10 @@ air-gapped and our CI has no internet, so every import of ultralytics in the pro
 :func:`ultralytics_offline`, which sets the offline flags before the first import, keeps
 ultralytics' settings file inside ``SURG_HOME`` (never the user's home), and switches every
 online integration off.
+
+It also stops ultralytics from idling a core. On import it sets ``OMP_NUM_THREADS=1`` for the
+process and its children, and its CPU device selection sets torch to ``cpu_count - 1``
+threads: on a 2-core machine that trains and detects on one core.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ def ultralytics_offline(config_dir: str | Path | None = None) -> ModuleType:
         os.environ.setdefault("YOLO_CONFIG_DIR", str(cfg))
         os.environ["YOLO_OFFLINE"] = "1"
         os.environ.setdefault("YOLO_VERBOSE", "False")
+        # Before the import, which would otherwise set it to 1 for every later OpenMP user
+        # (numpy, OpenCV, torch in child processes such as Dagster's run workers).
+        os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     import ultralytics
     from ultralytics.utils import SETTINGS
 
@@ -46,8 +53,32 @@ def ultralytics_offline(config_dir: str | Path | None = None) -> ModuleType:
         )  # fmt: skip
         SETTINGS.update({k: False for k in online if k in SETTINGS})
         _provide_fonts()
+        _use_all_cores()
         _CONFIGURED = True
     return ultralytics
+
+
+def cpu_threads() -> int:
+    """Threads torch should use on the CPU: ``OMP_NUM_THREADS`` when set, else every usable core."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _use_all_cores() -> None:
+    """Make ultralytics' CPU device selection keep torch at :func:`cpu_threads` threads.
+
+    ``select_device`` calls ``torch.set_num_threads(NUM_THREADS)`` on every CPU train, val and
+    predict, with ``NUM_THREADS = cpu_count - 1`` (a number meant for dataloader workers).
+    On the 2-core machines the project targets that halves training speed, and it leaves
+    torch at one thread for whatever runs next in the process (the phase and out-of-body
+    models train after the detector in ``make models``). The module reads the name at call
+    time, so setting it here is enough.
+    """
+    from ultralytics.utils import torch_utils
+
+    torch_utils.NUM_THREADS = cpu_threads()
 
 
 def _provide_fonts() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,3 +133,45 @@ def test_training_and_inference_make_no_network_attempt(tmp_path: Path) -> None:
     assert len(settings_files) == 1
     settings = json.loads(settings_files[0].read_text())
     assert settings["sync"] is False
+
+
+THREADS_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import numpy as np
+    from ml_models.ultra import ultralytics_offline
+    ultralytics_offline()
+    import torch
+    from ultralytics import YOLO
+    YOLO("yolo11n-seg.yaml", task="segment").predict(
+        np.zeros((64, 64, 3), np.uint8), imgsz=64, device="cpu", verbose=False
+    )
+    print(json.dumps({"torch": torch.get_num_threads(), "omp": os.environ["OMP_NUM_THREADS"]}))
+    """
+)
+
+
+def _threads_after_predict(tmp_path: Path, omp: str | None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SURG_HOME": str(tmp_path / "home")}
+    env.pop("OMP_NUM_THREADS", None)
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    proc = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_inference_keeps_every_core(tmp_path: Path) -> None:
+    """Ultralytics alone leaves torch one thread on a 2-core machine (``cpu_count - 1``)."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one usable core: ultralytics' cpu_count - 1 threads is all of it")
+    assert _threads_after_predict(tmp_path, None) == {"torch": cores, "omp": str(cores)}
+    # An operator's own limit is kept, for torch and for child processes alike.
+    assert _threads_after_predict(tmp_path, "1") == {"torch": 1, "omp": "1"}
