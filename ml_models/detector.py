@@ -37,6 +37,20 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def half_precision_args(device: str) -> dict[str, Any]:
+    """Predict arguments for FP16 on a GPU, in the spelling the installed ultralytics knows.
+
+    Ultralytics 8.4 replaced ``half=True`` with ``quantize=16`` and warns on every call that
+    still passes ``half`` (even ``half=False``), so the CPU passes neither.
+    """
+    if not device.startswith("cuda"):
+        return {}
+    ultralytics_offline()
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
+
+
 def load_model(
     weights: str | Path,
     runtime: str = "torch",
@@ -398,6 +412,7 @@ def detect_video(
     run = DetectionRun()
     started = time.perf_counter()
     dev = resolve_device(device)
+    precision = half_precision_args(dev)
     pending: list[SampledFrame] = []
     held: list[pa.Table] = []
     writer = RowGroupWriter(sink, DETECTIONS) if sink is not None else None
@@ -408,7 +423,7 @@ def detect_video(
             imgsz=imgsz,
             conf=conf,
             device=dev,
-            half=dev.startswith("cuda"),
+            **precision,
             verbose=False,
             retina_masks=False,
         )

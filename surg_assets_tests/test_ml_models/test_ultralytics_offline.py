@@ -175,3 +175,24 @@ def test_cpu_inference_keeps_every_core(tmp_path: Path) -> None:
     assert _threads_after_predict(tmp_path, None) == {"torch": cores, "omp": str(cores)}
     # An operator's own limit is kept, for torch and for child processes alike.
     assert _threads_after_predict(tmp_path, "1") == {"torch": 1, "omp": "1"}
+
+
+def test_detection_passes_no_deprecated_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ultralytics warns on every batch about a deprecated argument (8.4: ``half``)."""
+    from ml_models.detector import detect_video
+    from ml_models.ultra import ultralytics_offline
+    from ml_models.video import write_sample_video
+
+    ultralytics_offline()
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    warned: list[str] = []
+    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: warned.append(str(msg)))
+    video = write_sample_video(tmp_path / "v.mp4", seconds=2, fps=10, size=(160, 120))
+    model = YOLO("yolo11n-seg.yaml", task="segment")
+    _, run = detect_video(model, video, "c1", "v", sample_fps=2, imgsz=64, device="cpu")
+    assert run.frames == 4
+    assert [w for w in warned if "deprecated" in w] == []
