@@ -204,8 +204,9 @@ def instrument_usage(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
     """Usage per instrument class and per track, from ``tracks`` (or ``detections``).
 
     ``visible_s`` is the union of the class's track spans (two graspers at once count once),
-    gaps of up to ``USAGE_GAP_S`` between them bridged as in the case analysis.
-    When ``analysis.json`` exists its richer per-class statistics are passed along too.
+    gaps of up to ``USAGE_GAP_S`` between them bridged as in the case analysis. When
+    ``analysis.json`` exists, a class it reports takes its stretches from there (so a custom
+    ``usage_gap_s`` of ``case_analysis`` shows too), and its richer statistics are passed along.
     """
     table = read_table(blob_store, case_id, "tracks")
     has_tracks = table is not None
@@ -251,14 +252,23 @@ def instrument_usage(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
         )
         c["tracks"] += 1
         c["spans"].append((tr["start_s"], tr["end_s"]))
+    analysis = read_json(blob_store, case_id, "analysis")
+    reported = {
+        i.get("instrument"): i
+        for i in (analysis or {}).get("instruments") or []
+        if i.get("intervals")
+    }
     for c in classes.values():
         # Bridged as the case analysis bridges them, so the panel and the report agree: a
         # class back within USAGE_GAP_S, on any of its tracks, was in use all along.
         merged = [list(x) for x in merge_intervals(c.pop("spans"), USAGE_GAP_S)]
+        if c["class_name"] in reported:
+            # Once the report exists its stretches are the case's figures: they honour a
+            # usage_gap_s that case_analysis was configured with, which the panel cannot know.
+            merged = [[float(a), float(b)] for a, b in reported[c["class_name"]]["intervals"]]
         c["visible_s"] = round(sum(b - a for a, b in merged), 2)
         c["first_s"], c["last_s"] = merged[0][0], merged[-1][1]
         c["intervals"] = merged
-    analysis = read_json(blob_store, case_id, "analysis")
     return {
         "classes": sorted(classes.values(), key=lambda c: -c["visible_s"]),
         "tracks": sorted(tracks.values(), key=lambda t: t["start_s"]),

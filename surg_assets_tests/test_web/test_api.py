@@ -8,8 +8,10 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pyarrow as pa
 import pytest
 
 from resources.audit import AuditLog
@@ -455,24 +457,32 @@ def test_a_track_carried_through_two_classes_is_its_majority_class(tmp_path: Pat
     assert [c["class_name"] for c in usage["classes"]] == ["hook"]
 
 
-def test_the_panel_bridges_a_short_gap_between_tracks_as_the_report_does(tmp_path: Path) -> None:
-    # One grasper seen by track 1 (0-1.96 s), lost for 1.5 s, back as track 3 (3.5-5.46 s),
-    # then again as track 4 after 5 s unseen: two stretches in use, as the analysis says.
-    from ml_models.analysis import VideoFacts, build_analysis
-    from ml_models.tables import EVENTS, TRACKS, table_from_rows, to_parquet_bytes
-    from ml_models.tracking import usage_intervals
-    from resources.blob_store import LocalBlobStore
-    from surg_assets_tests.test_cognition.cases import phases_table
+def _one_grasper_on_three_tracks(store: Any) -> pa.Table:
+    """One grasper seen by track 1 (0-1.96 s), lost for 1.5 s, back as track 3 (3.5-5.46 s),
+    then again as track 4 after 5 s unseen; stored as case c1's tracks table."""
+    from ml_models.tables import TRACKS, table_from_rows, to_parquet_bytes
     from surg_assets_tests.test_web.helpers import boxes
-    from surg_web.perception import instrument_usage
 
-    store = LocalBlobStore(root=str(tmp_path / "lake"))
     first = [r for r in boxes("c1") if r["track_id"] == 1]
     rows = list(first)
     for track, shift in ((3, 3.5), (4, 10.46)):
         rows += [{**r, "track_id": track, "t_s": r["t_s"] + shift} for r in first]
     table = table_from_rows(TRACKS, rows)
     store.put_bytes("processed-metadata/c1/tracks.parquet", to_parquet_bytes(table))
+    return table
+
+
+def test_the_panel_bridges_a_short_gap_between_tracks_as_the_report_does(tmp_path: Path) -> None:
+    # Two stretches in use, as the analysis says.
+    from ml_models.analysis import VideoFacts, build_analysis
+    from ml_models.tables import EVENTS, table_from_rows
+    from ml_models.tracking import usage_intervals
+    from resources.blob_store import LocalBlobStore
+    from surg_assets_tests.test_cognition.cases import phases_table
+    from surg_web.perception import instrument_usage
+
+    store = LocalBlobStore(root=str(tmp_path / "lake"))
+    table = _one_grasper_on_three_tracks(store)
     panel = instrument_usage(store, "c1")["classes"]
     assert [c["class_name"] for c in panel] == ["grasper"]
     assert [tuple(x) for x in panel[0]["intervals"]] == [
@@ -487,3 +497,29 @@ def test_the_panel_bridges_a_short_gap_between_tracks_as_the_report_does(tmp_pat
     # The analysis ends each stretch one sample later (25 fps here), otherwise the same.
     assert analysis.instruments[0].appearances == len(panel[0]["intervals"]) == 2
     assert [s for s, _ in analysis.instruments[0].intervals] == [0.0, 10.46]
+
+
+def test_the_panel_shows_the_reports_stretches_when_the_report_exists(tmp_path: Path) -> None:
+    # case_analysis configured with usage_gap_s=6: the 5 s gap before track 4 is bridged in the
+    # report, and the panel (which alone would bridge 2 s) shows the report's one stretch.
+    from ml_models.analysis import VideoFacts, build_analysis
+    from ml_models.tables import EVENTS, table_from_rows
+    from ml_models.tracking import usage_intervals
+    from resources.blob_store import LocalBlobStore
+    from surg_assets_tests.test_cognition.cases import phases_table
+    from surg_web.perception import instrument_usage
+
+    store = LocalBlobStore(root=str(tmp_path / "lake"))
+    table = _one_grasper_on_three_tracks(store)
+    assert len(instrument_usage(store, "c1")["classes"][0]["intervals"]) == 2
+    analysis = build_analysis(
+        "c1", phases_table([(1, 0, 13)]), usage_intervals(table, 25.0),
+        table_from_rows(EVENTS, []), VideoFacts(duration_s=13), usage_gap_s=6.0,
+    )  # fmt: skip
+    store.put_bytes("processed-metadata/c1/analysis.json", analysis.model_dump_json().encode())
+    grasper = instrument_usage(store, "c1")["classes"][0]
+    reported = analysis.instruments[0]
+    assert reported.appearances == 1
+    assert [tuple(x) for x in grasper["intervals"]] == [tuple(x) for x in reported.intervals]
+    assert grasper["visible_s"] == pytest.approx(reported.visible_s, abs=0.01)
+    assert grasper["tracks"] == 3  # the per-track rows still come from the tracks table
