@@ -259,13 +259,15 @@ def instrument_usage(blob_store: BlobStore, case_id: str) -> dict[str, Any]:
         if i.get("intervals")
     }
     for c in classes.values():
-        # Bridged as the case analysis bridges them, so the panel and the report agree: a
-        # class back within USAGE_GAP_S, on any of its tracks, was in use all along.
-        merged = [list(x) for x in merge_intervals(c.pop("spans"), USAGE_GAP_S)]
+        spans = c.pop("spans")
         if c["class_name"] in reported:
             # Once the report exists its stretches are the case's figures: they honour a
             # usage_gap_s that case_analysis was configured with, which the panel cannot know.
             merged = [[float(a), float(b)] for a, b in reported[c["class_name"]]["intervals"]]
+        else:
+            # Bridged as the case analysis bridges them, so the panel and the report agree: a
+            # class back within USAGE_GAP_S, on any of its tracks, was in use all along.
+            merged = [list(x) for x in merge_intervals(spans, USAGE_GAP_S)]
         c["visible_s"] = round(sum(b - a for a, b in merged), 2)
         c["first_s"], c["last_s"] = merged[0][0], merged[-1][1]
         c["intervals"] = merged
