@@ -72,9 +72,9 @@ def _use_all_cores() -> None:
     ``select_device`` calls ``torch.set_num_threads(NUM_THREADS)`` on every CPU train, val and
     predict, with ``NUM_THREADS = cpu_count - 1`` (a number meant for dataloader workers).
     On the 2-core machines the project targets that halves training speed, and it leaves
-    torch at one thread for whatever runs next in the process (the phase and out-of-body
-    models train after the detector in ``make models``). The module reads the name at call
-    time, so setting it here is enough.
+    torch at one thread for whatever runs next in the process (in a case run, the phase and
+    out-of-body models after the detector). The module reads the name at call time, so
+    setting it here is enough.
     """
     from ultralytics.utils import torch_utils
 
