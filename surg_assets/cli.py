@@ -160,16 +160,18 @@ def analyze(
     """Ingest a video and run every case asset now, in this process; copy the outputs to --out."""
     import json
 
+    from ml_models.video import normalised_size
     from surg_assets.intake import ingest_file
     from surg_assets.settings import video_limits_from_env
 
     settings, blob_store, catalog = _context()
+    limits = video_limits_from_env()
     started = time.perf_counter()
     outcome = ingest_file(
         path,
         blob_store,
         catalog,
-        video_limits_from_env(),
+        limits,
         label="the input file",
         status="analysing",
     )
@@ -178,6 +180,7 @@ def analyze(
     case = catalog.get_case(outcome.case_id)
     copied = copy_case_outputs(blob_store, outcome.case_id, out_dir)
     elapsed = time.perf_counter() - started
+    processed = normalised_size(case.width or 0, case.height or 0, limits.transcode_max_height)
     summary = {
         "case_id": case.id,
         "status": case.status,
@@ -187,6 +190,13 @@ def analyze(
             "width": case.width,
             "height": case.height,
             "fps": case.fps,
+        },
+        # Boxes and masks are in the pixels of the normalised video, which is smaller than the
+        # upload's when the upload is taller than the transcode limit (a 1080p recording).
+        "processed_video": {
+            "width": processed[0],
+            "height": processed[1],
+            "fps": limits.transcode_fps or case.fps,
         },
         "outputs": copied,
         "processed_video_key": f"processed-videos/{case.id}/video.mp4",

@@ -147,6 +147,7 @@ def test_analyze_a_real_clip_end_to_end(tmp_path: Path, real_clip: Path) -> None
     summary = json.loads((out / "case.json").read_text())
     assert summary["case_id"] == case_id and summary["status"] == "ready"
     assert summary["video"] == {"duration_s": 32.0, "width": 854, "height": 480, "fps": 25.0}
+    assert summary["processed_video"] == {"width": 854, "height": 480, "fps": 25.0}
     assert lake_files(home, "processed-videos/") == [
         f"processed-videos/{case_id}/deidentified.mp4",
         f"processed-videos/{case_id}/video.mp4",
@@ -158,6 +159,42 @@ def test_analyze_a_real_clip_end_to_end(tmp_path: Path, real_clip: Path) -> None
     assert not [p for p in home.rglob("*") if "Jane" in p.name]
     listing = surg(home, "cases", "list")
     assert case_id in listing.stdout and "ready" in listing.stdout
+
+
+def test_analyze_a_1080p_robotic_clip_from_a_second_source(tmp_path: Path) -> None:
+    """EndoVis 2017 (da Vinci, porcine): MPEG-4 Part 2, 1920x1080 letterboxed, 10 fps.
+
+    Another hospital's recorder, not Cholec80's: the case is normalised to 480p, the boxes
+    lie in the normalised pixels that case.json names, and in-body frames stay in-body.
+    """
+    import pyarrow.parquet as pq
+
+    from surg_assets_tests.conftest import SHARED_DATA, skip_or_fail
+
+    source = SHARED_DATA / "endovis2017-sample" / "short_source.mp4"
+    if not source.is_file():
+        skip_or_fail(f"the EndoVis 2017 sample clip is not under {source.parent}")
+    home = tmp_path / "home"
+    named = tmp_path / "Robotic case Doe 1970.mp4"
+    shutil.copyfile(source, named)
+    out = tmp_path / "out"
+    proc = surg(home, "analyze", str(named), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "case.json").read_text())
+    assert summary["status"] == "ready"
+    assert summary["video"] == {"duration_s": 2.0, "width": 1920, "height": 1080, "fps": 10.0}
+    assert summary["processed_video"] == {"width": 854, "height": 480, "fps": 10.0}
+    detections = pq.read_table(out / "detections.parquet").to_pandas()
+    # 5 fps sampling of a 10 fps source: every other frame, ten samples in two seconds.
+    assert len(detections) > 0
+    assert set(detections["frame_index"]) <= set(range(0, 20, 2))
+    assert detections["x2"].max() <= 854 and detections["y2"].max() <= 480
+    events = pq.read_table(out / "events.parquet").to_pandas()
+    assert "out_of_body" not in set(events["kind"])
+    phases = pq.read_table(out / "phases.parquet").to_pandas()
+    assert phases["start_s"].min() == 0 and phases["end_s"].max() == pytest.approx(2.0, abs=0.5)
+    assert "Doe" not in proc.stdout + proc.stderr
+    assert not [p for p in home.rglob("*") if "Doe" in p.name]
 
 
 def test_analyze_refuses_a_bad_file_without_creating_anything(tmp_path: Path, videos: dict) -> None:
