@@ -136,15 +136,24 @@ def test_ingest_several_files_prints_each_case(tmp_path: Path, videos: dict) -> 
     )
 
 
-def test_analyze_a_real_clip_end_to_end(tmp_path: Path, real_clip: Path) -> None:
+def _analyze_under_a_patient_name(
+    tmp_path: Path, source: Path, name: str
+) -> tuple[Path, Path, subprocess.CompletedProcess, dict]:
+    """`surg analyze` on a copy of ``source`` named ``name``: (home, out, process, case.json)."""
     home = tmp_path / "home"
-    named = tmp_path / "Patient Jane Doe 1970.mp4"
-    shutil.copyfile(real_clip, named)
+    named = tmp_path / name
+    shutil.copyfile(source, named)
     out = tmp_path / "out"
     proc = surg(home, "analyze", str(named), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return home, out, proc, json.loads((out / "case.json").read_text())
+
+
+def test_analyze_a_real_clip_end_to_end(tmp_path: Path, real_clip: Path) -> None:
+    home, out, proc, summary = _analyze_under_a_patient_name(
+        tmp_path, real_clip, "Patient Jane Doe 1970.mp4"
+    )
     case_id = proc.stdout.strip().splitlines()[-1]
-    summary = json.loads((out / "case.json").read_text())
     assert summary["case_id"] == case_id and summary["status"] == "ready"
     assert summary["video"] == {"duration_s": 32.0, "width": 854, "height": 480, "fps": 25.0}
     assert summary["processed_video"] == {"width": 854, "height": 480, "fps": 25.0}
@@ -174,13 +183,9 @@ def test_analyze_a_1080p_robotic_clip_from_a_second_source(tmp_path: Path) -> No
     source = SHARED_DATA / "endovis2017-sample" / "short_source.mp4"
     if not source.is_file():
         skip_or_fail(f"the EndoVis 2017 sample clip is not under {source.parent}")
-    home = tmp_path / "home"
-    named = tmp_path / "Robotic case Doe 1970.mp4"
-    shutil.copyfile(source, named)
-    out = tmp_path / "out"
-    proc = surg(home, "analyze", str(named), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((out / "case.json").read_text())
+    home, out, proc, summary = _analyze_under_a_patient_name(
+        tmp_path, source, "Robotic case Doe 1970.mp4"
+    )
     assert summary["status"] == "ready"
     assert summary["video"] == {"duration_s": 2.0, "width": 1920, "height": 1080, "fps": 10.0}
     assert summary["processed_video"] == {"width": 854, "height": 480, "fps": 10.0}
