@@ -68,6 +68,11 @@ class VideoLimits:
     transcode_max_height: int = 480
     transcode_fps: float = 0.0
 
+    def normalised(self, width: int, height: int, fps: float) -> tuple[int, int, float]:
+        """Width, height and frame rate of the normalised video made from a source of these."""
+        w, h = normalised_size(width, height, self.transcode_max_height)
+        return w, h, self.transcode_fps or fps
+
 
 @dataclass(frozen=True)
 class VideoProbe:
@@ -384,9 +389,8 @@ def transcode(
         Facts about the written video.
     """
     probe = probe_video(src)
-    fps = limits.transcode_fps or probe.fps
+    width, height, fps = limits.normalised(probe.width, probe.height, probe.fps)
     rate = Fraction(fps).limit_denominator(1001)
-    width, height = normalised_size(probe.width, probe.height, limits.transcode_max_height)
     written = duplicated = dropped = 0
     last_frame: av.VideoFrame | None = None
     with (

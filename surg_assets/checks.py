@@ -313,10 +313,7 @@ def _case_facts(catalog: Catalog, case_id: str) -> tuple[float, int, int]:
     case = catalog.get_case(case_id)
     if case is None or case.duration_s is None:
         return 1e9, 10_000, 10_000
-    limits = video_limits_from_env()
-    from ml_models.video import normalised_size
-
-    w, h = normalised_size(case.width or 0, case.height or 0, limits.transcode_max_height)
+    w, h, _ = video_limits_from_env().normalised(case.width or 0, case.height or 0, 0.0)
     return float(case.duration_s), w, h
 
 

@@ -160,7 +160,6 @@ def analyze(
     """Ingest a video and run every case asset now, in this process; copy the outputs to --out."""
     import json
 
-    from ml_models.video import normalised_size
     from surg_assets.intake import ingest_file
     from surg_assets.settings import video_limits_from_env
 
@@ -180,7 +179,7 @@ def analyze(
     case = catalog.get_case(outcome.case_id)
     copied = copy_case_outputs(blob_store, outcome.case_id, out_dir)
     elapsed = time.perf_counter() - started
-    processed = normalised_size(case.width or 0, case.height or 0, limits.transcode_max_height)
+    width, height, fps = limits.normalised(case.width or 0, case.height or 0, case.fps or 0.0)
     summary = {
         "case_id": case.id,
         "status": case.status,
@@ -193,11 +192,7 @@ def analyze(
         },
         # Boxes and masks are in the pixels of the normalised video, which is smaller than the
         # upload's when the upload is taller than the transcode limit (a 1080p recording).
-        "processed_video": {
-            "width": processed[0],
-            "height": processed[1],
-            "fps": limits.transcode_fps or case.fps,
-        },
+        "processed_video": {"width": width, "height": height, "fps": fps},
         "outputs": copied,
         "processed_video_key": f"processed-videos/{case.id}/video.mp4",
         "wall_time_s": round(elapsed, 2),
