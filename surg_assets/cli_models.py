@@ -108,6 +108,9 @@ def train_detector_command(
     model: str = typer.Option(
         "yolo11n-seg.yaml", help="Model yaml (from scratch) or weights to fine-tune."
     ),
+    seed: int = typer.Option(
+        0, help="Training seed; runs that differ only in it show how far chance moves the score."
+    ),
     also_train: str | None = typer.Option(
         None,
         "--also-train",
@@ -147,7 +150,7 @@ def train_detector_command(
             )
         err.print(f"training the instrument detector for {epochs} epochs at {imgsz} px")
         result = train_detector(
-            train_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model
+            train_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model, seed=seed
         )
         metrics = evaluate_detector(result.weights, data_yaml, imgsz=imgsz)
         also = None
@@ -173,6 +176,7 @@ def train_detector_command(
             init=model,
             epochs=epochs,
             imgsz=imgsz,
+            seed=seed,
             also_trained_on=str(extra_yaml) if extra_yaml else None,
             also_val_box_map50=also,
             split=split or "as given by the data.yaml",

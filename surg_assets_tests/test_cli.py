@@ -287,10 +287,18 @@ def test_train_detector_without_any_approved_detector_registers_without_a_compar
     data = _real_boxes(tmp_path, images=12)
     monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
     args = ["train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "96"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--seed", "7"])
     assert result.exit_code == 0, result.output
     assert "on the same validation split" not in result.output
     assert "instrument_detector v1 registered: Pending" in result.output
+    # The model card says how the weights were made, the seed included, so a run can be
+    # repeated or its seed varied.
+    from resources.settings import load_settings
+    from surg_assets.settings import build_resources
+
+    store = build_resources(load_settings(), deferred=False)["blob_store"]
+    card = json.loads(store.get_bytes("models/instrument_detector/v1/model_card.json"))
+    assert (card["seed"], card["epochs"], card["imgsz"]) == (7, 1, 96)
 
 
 def test_train_detector_also_trains_on_a_second_dataset_and_scores_the_weights_on_both(
