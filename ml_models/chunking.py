@@ -25,6 +25,9 @@ from ml_models.tables import DETECTIONS, ROW_GROUP_ROWS, RowGroupWriter
 
 # Frame times are rounded to 1e-4 s in the table; this keeps a frame on a border in one chunk.
 _EPS = 1e-6
+# Schema metadata key of the detections file: the sampling rate, which the timestamps alone
+# cannot always give (see detections_sample_fps).
+SAMPLE_FPS_KEY = b"surg.sample_fps"
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,11 @@ def _overlap_disagreements(left: ChunkDetections, right: ChunkDetections) -> tup
     return len(shared), sum(sorted(a.get(t, [])) != sorted(b.get(t, [])) for t in shared)
 
 
-def merge_chunks(parts: list[ChunkDetections], sink: str | Path | None = None) -> MergedDetections:
+def merge_chunks(
+    parts: list[ChunkDetections],
+    sink: str | Path | None = None,
+    sample_fps: float | None = None,
+) -> MergedDetections:
     """Merge chunks' detections in time order, each frame taken from the chunk that owns it.
 
     Neighbours detect the overlap twice; comparing the two is a free consistency check (the same
@@ -167,6 +174,8 @@ def merge_chunks(parts: list[ChunkDetections], sink: str | Path | None = None) -
         parts: Every chunk of the video, in any order.
         sink: A parquet file to write the merged rows to, batch by batch (memory flat in video
             length when the parts are files too); the returned table is then empty.
+        sample_fps: The rate the frames were sampled at, kept in the file's schema metadata
+            for the steps that read the table (see :func:`detections_sample_fps`).
     """
     parts = sorted(parts, key=lambda p: p.chunk.index)
     if [p.chunk.index for p in parts] != list(range(len(parts))):
@@ -175,7 +184,10 @@ def merge_chunks(parts: list[ChunkDetections], sink: str | Path | None = None) -
     per_class: dict[str, int] = {}
     rows = 0
     with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(RowGroupWriter(sink, DETECTIONS)) if sink else None
+        schema = DETECTIONS
+        if sample_fps is not None:
+            schema = DETECTIONS.with_metadata({SAMPLE_FPS_KEY: repr(float(sample_fps))})
+        writer = stack.enter_context(RowGroupWriter(sink, schema)) if sink else None
         for part in parts:
             for table in _owned_rows(part):
                 rows += table.num_rows
@@ -197,3 +209,25 @@ def merge_chunks(parts: list[ChunkDetections], sink: str | Path | None = None) -
         rows=rows,
         per_class=per_class,
     )
+
+
+def detections_sample_fps(path: str | Path, default: float) -> float:
+    """The rate a detections parquet file's frames were sampled at.
+
+    Read from the file's schema metadata, written by :func:`merge_chunks`. Files from before it
+    was written there get an estimate from the timestamps: the smallest step between frames with
+    detections. That estimate is exact when the video's frame rate is a multiple of the sampling
+    rate, and too high otherwise (5 fps from a 24 fps video mixes steps of 4 and 5 frames, so it
+    reads 6 fps), hence the metadata.
+
+    Args:
+        path: A detections parquet file.
+        default: The rate to assume when the file has fewer than two frames with detections.
+    """
+    meta = pq.read_schema(path).metadata or {}
+    if SAMPLE_FPS_KEY in meta:
+        return float(meta[SAMPLE_FPS_KEY])
+    times = sorted(set(pq.read_table(path, columns=["t_s"]).column("t_s").to_pylist()))
+    if len(times) < 2:
+        return default
+    return round(1.0 / min(b - a for a, b in zip(times, times[1:], strict=False)), 3)

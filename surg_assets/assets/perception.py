@@ -243,7 +243,7 @@ def merge_detection_chunks(
             for p in parts
         ]
         sink = Path(tmp) / "detections.parquet"
-        merged = merge_chunks(local, sink=sink)
+        merged = merge_chunks(local, sink=sink, sample_fps=config.sample_fps)
         head = parquet_head(sink, columns)
         blob_store.put_file(key, sink)
     discard_step_outputs(blob_store, context.run_id, f"{context.node_handle.parent.name}.")
@@ -315,9 +315,11 @@ def instrument_tracks(
     catalog: Catalog,
 ) -> dg.MaterializeResult:
     """ByteTrack / BoT-SORT over the stored detections."""
+    from ml_models.chunking import detections_sample_fps
     from ml_models.tracking import USAGE_COLUMNS, track_detections_to_parquet, usage_intervals
     from ml_models.video import inspect_layout
 
+    started = time.perf_counter()
     case_id = context.partition_key
     case = catalog.get_case(case_id)
     key = metadata_key(case_id, "tracks.parquet")
@@ -329,7 +331,12 @@ def instrument_tracks(
     ):
         # Streamed file to file, and the light columns only where whole columns are needed:
         # the instance polygons, most of both tables, are never all in memory.
-        sample_fps = _sample_fps(pq.read_table(detections, columns=["t_s"]))
+        sample_fps = detections_sample_fps(detections, DetectionConfig().sample_fps)
+        # The detector the tracks stand on (one version per case; a column of one repeated
+        # value is cheap to read).
+        detector = sorted(
+            set(pq.read_table(detections, columns=["model_version"]).column(0).unique().to_pylist())
+        )
         sink = Path(tmp) / "tracks.parquet"
         run = track_detections_to_parquet(
             detections, sink, (layout.width, layout.height), sample_fps, config.tracker
@@ -345,21 +352,13 @@ def instrument_tracks(
             "tracks": run.tracks,
             "usage_intervals": usage.num_rows,
             "tracker": config.tracker,
+            "model_version": ", ".join(detector),
+            "sample_fps": sample_fps,
+            "seconds": round(time.perf_counter() - started, 2),
             "video_duration_s": case.duration_s if case else None,
             "preview": preview(usage, ["track_id", "class_name", "start_s", "end_s", "detections"]),
         }
     )
-
-
-def _sample_fps(detections: pa.Table) -> float:
-    """The sampling rate the detections were made at (from their timestamps)."""
-    if detections.num_rows < 2:
-        return DetectionConfig().sample_fps
-    times = sorted(set(detections.column("t_s").to_pylist()))
-    if len(times) < 2:
-        return DetectionConfig().sample_fps
-    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    return round(1.0 / min(steps), 3)
 
 
 class PhaseConfig(dg.Config):
@@ -396,6 +395,7 @@ def phase_timeline(
     from ml_models.frames import frames_per_second
     from ml_models.phases import PhaseModel, segments_from_probabilities
 
+    started = time.perf_counter()
     case_id = context.partition_key
     version, weights = approved_model(registry, "phase_model")
     model = PhaseModel.load(weights)
@@ -443,12 +443,14 @@ def phase_timeline(
     return dg.MaterializeResult(
         metadata={
             "key": key,
+            "rows": phases.num_rows,
             "segments": phases.num_rows,
             "seconds_analysed": len(times),
             "decoding": (
                 f"whole case: {reader}, training prior" if prior is not None else "causal argmax"
             ),
             "model_version": model_version,
+            "seconds": round(time.perf_counter() - started, 2),
             "preview": preview(phases, ["phase_name", "start_s", "end_s", "confidence"]),
         }
     )
@@ -486,6 +488,7 @@ def video_events(
         scan_video,
     )
 
+    started = time.perf_counter()
     case_id = context.partition_key
     version, weights = approved_model(registry, "out_of_body_model")
     classifier = OutOfBodyClassifier.load(weights)
@@ -506,6 +509,7 @@ def video_events(
             "rows": table.num_rows,
             "per_kind": dg.MetadataValue.json(counts),
             "model_version": f"out_of_body_model:{version.version}",
+            "seconds": round(time.perf_counter() - started, 2),
             "preview": preview(table, ["kind", "start_s", "end_s", "score"]),
         }
     )

@@ -147,3 +147,43 @@ def test_chunks_merged_from_files_into_a_file_equal_the_merge_in_memory(tmp_path
     assert pq.read_table(tmp_path / "merged.parquet").equals(merge_chunks(parts).table)
     assert (merged.frames, merged.rows, merged.per_class) == (6, 6, {"grasper": 6})
     assert (merged.overlap_frames, merged.overlap_mismatches) == (2, 2)
+
+
+def test_the_sampling_rate_travels_with_the_detections_where_timestamps_would_misread_it(
+    tmp_path: Path,
+) -> None:
+    import av
+    import numpy as np
+
+    from ml_models.chunking import detections_sample_fps
+    from ml_models.video import sample_frames
+
+    # A 24 fps film-rate video: 5 fps picks every 4.8th frame, so the steps between sampled
+    # frames are 4 and 5 frames long.
+    video = tmp_path / "film.mp4"
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(48):
+            picture = np.full((64, 64, 3), i * 5, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode())
+    times = [f.t_s for f in sample_frames(video, 5.0)]
+    assert len(times) == 10  # 5 a second over 2 s: the rate is 5 on average
+
+    (chunk,) = plan_chunks(2.0, 0)
+    rows = [
+        {"case_id": "c1", "frame_index": round(t * 24), "t_s": t, "class_id": 0,
+         "class_name": "grasper", "confidence": 0.9, "x1": 1.0, "y1": 1.0, "x2": 9.0,
+         "y2": 9.0, "mask": None, "model_version": "v"}
+        for t in times
+    ]  # fmt: skip
+    part = ChunkDetections(chunk, table_from_rows(DETECTIONS, rows), times)
+    merge_chunks([part], sink=tmp_path / "detections.parquet", sample_fps=5.0)
+    assert detections_sample_fps(tmp_path / "detections.parquet", default=1.0) == 5.0
+    # A file without the rate (written before it was kept) falls back to the timestamps,
+    # which read the shortest step: 6 fps here, the error the metadata exists to avoid.
+    merge_chunks([part], sink=tmp_path / "old.parquet")
+    assert detections_sample_fps(tmp_path / "old.parquet", default=1.0) == 6.0
+    pq.write_table(DETECTIONS.empty_table(), tmp_path / "empty.parquet")
+    assert detections_sample_fps(tmp_path / "empty.parquet", default=2.5) == 2.5

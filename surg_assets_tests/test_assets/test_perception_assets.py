@@ -93,6 +93,28 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
     assert meta["frames"].value == 120  # 24 s at 5 frames per second
     # Run at the size the tiny detector was trained at, not the defaults' 320 px.
     assert meta["imgsz"].value == 160
+    # What the Dagster UI shows for each perception asset: rows, the model behind it, how long
+    # it took, and a preview of the table.
+    versions = {
+        "instrument_detections": "instrument_detector:v1",
+        "instrument_tracks": "instrument_detector:v1",
+        "phase_timeline": "phase_model:v1",
+        "video_events": "out_of_body_model:v1",
+    }
+    for node, version in versions.items():
+        # phases.parquet was last written by the whole-case run above.
+        [shown] = (whole if node == "phase_timeline" else result).asset_materializations_for_node(
+            node
+        )
+        m = shown.metadata
+        table = read_table(store, case_id, m["key"].value.rsplit("/", 1)[-1])
+        assert m["rows"].value == table.num_rows, node
+        assert m["seconds"].value > 0, node
+        assert isinstance(m["preview"], dg.MarkdownMetadataValue), node
+        if node != "instrument_tracks" or len(detections):
+            assert m["model_version"].value == version, node
+    tracks_meta = result.asset_materializations_for_node("instrument_tracks")[0].metadata
+    assert tracks_meta["sample_fps"].value == 5.0
     events = read_table(store, case_id, "events.parquet").to_pandas()
     assert {"colour_bars", "black", "scene_cut"} <= set(events.kind)
 
