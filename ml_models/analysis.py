@@ -20,7 +20,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, phase_id
 from ml_models.tracking import USAGE_GAP_S
 
 ANALYSIS_SCHEMA_VERSION = "1.0"
@@ -52,7 +52,7 @@ class VideoFacts(_Strict):
 class PhaseSegment(_Strict):
     """One stretch of the phase timeline."""
 
-    phase_id: int = Field(ge=0, le=len(PHASES) - 1)
+    phase_id: int = Field(ge=0, description="the phase's number in the phase model's vocabulary")
     phase: str
     start_s: float = Field(ge=0)
     end_s: float = Field(ge=0)
@@ -239,6 +239,10 @@ def build_analysis(
     Returns:
         The validated analysis.
     """
+    if not cholec80_phases(phases):
+        # Another procedure's phases: Cholec80's durations, order and instruments say nothing
+        # about them, so no anomaly is judged against them.
+        reference = {"source": f"none: the phases are not Cholec80's ({procedure})"}
     reference = reference or load_reference()
     rules = rules or AnomalyRules()
     versions = dict(model_versions or {})
@@ -277,16 +281,24 @@ def build_analysis(
     )
 
 
+def cholec80_phases(phases: pa.Table) -> bool:
+    """Whether a phases table speaks Cholec80: every name a Cholec80 phase, at its number."""
+    ids, names = phases.column("phase_id").to_pylist(), phases.column("phase_name").to_pylist()
+    return all(phase_id(n) == i for i, n in zip(ids, names, strict=True))
+
+
 def _phase_segments(phases: pa.Table) -> list[PhaseSegment]:
     rows = sorted(phases.to_pylist(), key=lambda r: r["start_s"])
+    cholec80 = cholec80_phases(phases)
     out = []
     for r in rows:
         pid = int(r["phase_id"])
         out.append(
             PhaseSegment(
                 phase_id=pid,
-                # The vocabulary's spelling, whatever the model wrote, so reports are consistent.
-                phase=PHASES[pid],
+                # Cholec80 phases in the vocabulary's spelling, whatever the model wrote, so
+                # reports are consistent; another procedure's phases as its model names them.
+                phase=PHASES[pid] if cholec80 else r["phase_name"],
                 start_s=_r(r["start_s"]),
                 end_s=_r(r["end_s"]),
                 duration_s=_r(r["end_s"] - r["start_s"]),
@@ -306,7 +318,7 @@ def _phase_durations(segments: list[PhaseSegment], reference: dict) -> list[Phas
     return [
         PhaseDuration(
             phase_id=pid,
-            phase=PHASES[pid],
+            phase=segs[0].phase,
             duration_s=_r(sum(s.end_s - s.start_s for s in segs)),
             segments=len(segs),
             first_start_s=segs[0].start_s,
@@ -417,6 +429,8 @@ def skipped_phases(anomaly: Anomaly) -> list[str]:
 
 def _phase_order(segments: list[PhaseSegment], reference: dict) -> list:
     # Phases every reference video went through; skipping one of them is unexpected.
+    if not reference.get("phases"):
+        return []  # no reference procedure: no expected order
     videos = reference.get("videos", 0)
     always = {
         p["id"] for p in reference.get("phases", []) if videos and p["videos_with_phase"] == videos

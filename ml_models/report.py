@@ -439,6 +439,13 @@ def assemble_report(
 
 # One colour per Cholec80 phase / instrument, the same in every chart and every report.
 PHASE_COLOURS = ("#8dd3c7", "#fdb462", "#fb8072", "#80b1d3", "#b3de69", "#bebada", "#fccde5")
+
+
+def phase_colour(phase_id: int) -> str:
+    """The timeline colour of a phase (the palette repeats for vocabularies of more phases)."""
+    return PHASE_COLOURS[phase_id % len(PHASE_COLOURS)]
+
+
 INSTRUMENT_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
 
 
@@ -464,17 +471,17 @@ def phase_timeline_png(analysis: Analysis) -> str:
     fig = Figure(figsize=(9, 1.9))
     ax = fig.subplots()
     for p in a.phases:
-        ax.broken_barh([(p.start_s, p.duration_s)], (0, 1), color=PHASE_COLOURS[p.phase_id])
+        ax.broken_barh([(p.start_s, p.duration_s)], (0, 1), color=phase_colour(p.phase_id))
     for e in a.events:
         if e.kind == "out_of_body" and e.duration_s > 0:
             ax.broken_barh([(e.start_s, e.duration_s)], (-0.35, 0.25), color="#444444")
     ax.set_yticks([])
     ax.set_ylim(-0.45, 1.05)
     _time_axis(ax, a.video.duration_s)
-    seen = sorted({p.phase_id for p in a.phases})
+    seen = sorted({(p.phase_id, p.phase) for p in a.phases})
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=PHASE_COLOURS[i], label=PHASES[i]) for i in seen]
+    handles = [Patch(color=phase_colour(i), label=name) for i, name in seen]
     if any(e.kind == "out_of_body" for e in a.events):
         handles.append(Patch(color="#444444", label="out of body"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=4,

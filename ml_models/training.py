@@ -10,7 +10,7 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,11 @@ import numpy as np
 import yaml
 
 from ml_models.errors import InputError
-from ml_models.formats.cholec import load_cholec80_phases, load_cholec80_tools
+from ml_models.formats.cholec import load_cholec80_tools, read_phase_names
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
 from ml_models.formats.yolo import yaml_class_names
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
+from ml_models.video import probe_video
 
 Log = Callable[[str], None]
 # Called once per unit of training progress, with what was just done (progress bars).
@@ -60,16 +61,48 @@ def synthetic_corpus(
     return out
 
 
-def phase_labels_at(case_dir: Path, times: np.ndarray) -> np.ndarray:
-    """Phase id at each time (seconds) from a case's Cholec80-style ``phase.txt``."""
-    summary = json.loads((case_dir / "summary.json").read_text())
-    fps = float(summary["fps"])
-    intervals = load_cholec80_phases(case_dir / "phase.txt", fps=fps).annotations
-    labels = np.zeros(len(times), np.int64)
-    frames = np.round(times * fps).astype(int)
-    for a in intervals:
-        labels[(frames >= a.frame_index) & (frames < a.end_frame)] = a.phase_id
-    return labels
+def case_fps(case_dir: Path) -> float:
+    """Frame rate the case's annotation files count frames in: its ``summary.json`` (synthetic
+    cases), else its ``video.mp4``'s own."""
+    summary = case_dir / "summary.json"
+    if summary.is_file():
+        return float(json.loads(summary.read_text())["fps"])
+    return probe_video(case_dir / "video.mp4").fps
+
+
+def phase_vocabulary(case_dirs: list[Path]) -> list[str]:
+    """The phases a set of labelled cases names, in the order the model will number them.
+
+    Cases labelled with Cholec80's phases get Cholec80's seven, in its order (a phase none of
+    them shows keeps its number, so reports and references stay comparable). Any other
+    procedure's phases are numbered in the order they first appear, case by case: the
+    vocabulary comes from the training data.
+    """
+    seen: dict[str, None] = {}
+    for d in case_dirs:
+        seen.update(dict.fromkeys(read_phase_names(d / "phase.txt")[1]))
+    if set(seen) <= set(PHASES):
+        return list(PHASES)
+    return list(seen)
+
+
+def phase_labels_at(
+    case_dir: Path, times: np.ndarray, phases: Sequence[str] = PHASES
+) -> np.ndarray:
+    """Phase id (the index in ``phases``) at each time (seconds), from a case's Cholec80-style
+    ``phase.txt``; a time after the last labelled frame takes the last label."""
+    fps = case_fps(case_dir)
+    frames, names = read_phase_names(case_dir / "phase.txt")
+    index = {name: i for i, name in enumerate(phases)}
+    missing = sorted(set(names) - set(index))
+    if missing:
+        raise InputError(
+            f"the phase file of {case_dir.name} names {', '.join(missing)}, which the model's "
+            "phases do not include; train on all the cases together."
+        )
+    ids = np.array([index[n] for n in names], np.int64)
+    at = np.searchsorted(np.asarray(frames), np.round(times * fps).astype(int), side="right") - 1
+    return ids[np.clip(at, 0, len(ids) - 1)]
 
 
 def tool_presence_at(case_dir: Path, times: np.ndarray) -> np.ndarray | None:
@@ -77,7 +110,7 @@ def tool_presence_at(case_dir: Path, times: np.ndarray) -> np.ndarray | None:
     a case's Cholec80-style ``tool.txt``; None when the case has no tool file."""
     if not (case_dir / "tool.txt").is_file():
         return None
-    fps = float(json.loads((case_dir / "summary.json").read_text())["fps"])
+    fps = case_fps(case_dir)
     flags = np.zeros((len(times), len(INSTRUMENT_CLASSES)), np.int64)
     frames = np.round(times * fps).astype(int)
     for a in load_cholec80_tools(case_dir / "tool.txt", fps=fps).annotations:
@@ -264,28 +297,33 @@ def train_phases(
     layers: int = 8,
     log: Log | None = None,
     step: Step | None = None,
+    phases: Sequence[str] | None = None,
 ) -> tuple[Path, dict[str, float]]:
-    """Train the two-stage phase model on whole synthetic cases.
+    """Train the two-stage phase model on whole labelled cases.
 
-    ``cases`` are decoded synthetic cases, or cases from :func:`render_phase_cases`. When
-    every case knows its instrument presence (a ``tool.txt``, or rendered), the frame encoder
-    learns it beside the phase. ``encoder_cases`` (short cases of other scenes) train the
-    frame encoder instead of the cases themselves (see ``train_phase_model``'s
-    ``encoder_set``).
+    ``cases`` are decoded labelled cases (a ``video.mp4`` and a ``phase.txt`` each, of any
+    procedure), or cases from :func:`render_phase_cases`. When every case knows its instrument
+    presence (a ``tool.txt``, or rendered), the frame encoder learns it beside the phase.
+    ``encoder_cases`` (short cases of other scenes) train the frame encoder instead of the cases
+    themselves (see ``train_phase_model``'s ``encoder_set``). ``phases``: the vocabulary; by
+    default :func:`phase_vocabulary` of the decoded cases (Cholec80's for rendered ones).
     """
     from ml_models.phases import train_phase_model
 
+    if phases is None:
+        dirs = [c.case_dir for c in cases if isinstance(c, CaseFrames)]
+        phases = phase_vocabulary(dirs) if dirs else list(PHASES)
     videos, tools = [], []
     for c in cases:
         if isinstance(c, CaseFrames):
-            videos.append((c.images, phase_labels_at(c.case_dir, c.times)))
+            videos.append((c.images, phase_labels_at(c.case_dir, c.times, phases)))
             tools.append(tool_presence_at(c.case_dir, c.times))
         else:
             videos.append((c.images, c.labels))
             tools.append(c.tools)
     model = train_phase_model(
         videos,
-        list(PHASES),
+        list(phases),
         encoder_epochs=encoder_epochs,
         temporal_epochs=temporal_epochs,
         encoder_frames=encoder_frames,

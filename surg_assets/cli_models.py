@@ -213,23 +213,40 @@ def _also_train_yaml(value: str) -> Path:
 
 @train_app.command("phase")
 def train_phase_command(
-    data: Path = typer.Option(..., "--data", help="Folder of synthetic cases (`surg synth`)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="A folder of labelled cases, one folder each with video.mp4 and a Cholec80-style "
+        "phase.txt (Frame, Phase): `surg synth` cases, or any procedure's videos.",
+    ),
     temporal_epochs: int = typer.Option(60, help="Epochs of the temporal model."),
     approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
 ) -> None:
-    """Train the phase model on labelled full-length videos (folders from `surg synth`)."""
-    from ml_models.training import sample_cases, train_phases
+    """Train the phase model on labelled full-length videos; its phases are the ones the
+    labels name (Cholec80's seven, in their order, for cholecystectomy labels)."""
+    from ml_models.training import phase_vocabulary, sample_cases, train_phases
 
     cases = sorted(p.parent for p in data.glob("*/phase.txt")) or (
         [data] if (data / "phase.txt").exists() else []
     )
     if not cases:
         raise InputError("the --data folder holds no labelled case (video.mp4 + phase.txt).")
+    unpaired = [c.name for c in cases if not (c / "video.mp4").is_file()]
+    if unpaired:
+        raise InputError(
+            f"{', '.join(unpaired)} in --data has a phase.txt but no video.mp4; add the video "
+            "or remove the folder."
+        )
+    phases = phase_vocabulary(cases)
+    err.print(f"{len(cases)} labelled cases; phases: {', '.join(phases)}")
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         path, metrics = train_phases(
-            sample_cases(cases), Path(tmp) / "phase.pt", temporal_epochs=temporal_epochs
+            sample_cases(cases), Path(tmp) / "phase.pt", temporal_epochs=temporal_epochs,
+            phases=phases,
+        )  # fmt: skip
+        card = _card(
+            "phase_model", sys.argv, f"cases:{len(cases)}", videos=len(cases), phases=phases
         )
-        card = _card("phase_model", sys.argv, f"cases:{len(cases)}", videos=len(cases))
         _register("phase_model", path, card, metrics, approve_as)
 
 

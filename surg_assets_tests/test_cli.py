@@ -336,6 +336,51 @@ def test_train_detector_also_trains_on_a_second_dataset_and_scores_the_weights_o
     assert "v1" in listing.stdout and "v2" not in listing.stdout
 
 
+def test_train_phase_takes_its_phases_from_the_labels_of_another_procedure(
+    tmp_path: Path, surg_home: Path, synthetic_case: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import surg_assets.models as models
+    from ml_models.phases import PhaseModel
+    from ml_models.training import sample_cases
+    from surg_assets.cli import app
+    from surg_assets.cli_models import _registry
+
+    # The lab's video labelled with three POEM steps (POEMNet's names), in a Cholec80-style
+    # phase file and without the lab's summary.json: the frame numbers count the video's own
+    # frames (25 fps).
+    steps = ["submuc_inject", "tunnel", "myotomy"]
+    case = tmp_path / "poem" / "case-1"
+    case.mkdir(parents=True)
+    shutil.copy(synthetic_case / "video.mp4", case / "video.mp4")
+    rows = [f"{f}\t{steps[min(2, f // 200)]}" for f in range(600)]
+    (case / "phase.txt").write_text("Frame\tPhase\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
+    args = ["train", "phase", "--data", str(case.parent), "--temporal-epochs", "3"]
+    result = CliRunner().invoke(app, [*args, "--approve-as", "tester"])
+    assert result.exit_code == 0, result.output
+    assert "1 labelled cases; phases: submuc_inject, tunnel, myotomy" in result.output
+    _, weights = models.approved_model(_registry(), "phase_model")
+    model = PhaseModel.load(weights)
+    assert model.phases == steps  # its vocabulary is the labels', in the order they came
+    (frames,) = sample_cases([case])
+    assert model.predict_images(frames.images).shape == (len(frames.times), 3)
+
+    # A case folder without its video, and a phase file with a row that names no phase:
+    # one clear error each, and nothing registered.
+    (case.parent / "case-2").mkdir()
+    (case.parent / "case-2" / "phase.txt").write_text("Frame\tPhase\n0\ttunnel\n")
+    assert_user_error(surg(surg_home, *args), "case-2 in --data has a phase.txt but no video.mp4")
+    shutil.rmtree(case.parent / "case-2")
+    (case / "phase.txt").write_text("Frame\tPhase\n0\ttunnel\n1\t\n")
+    proc = surg(surg_home, *args)
+    assert_user_error(proc, "a row has no phase")
+    assert "phase.txt" in proc.stderr and "line 3" in proc.stderr
+    listing = surg(surg_home, "models", "list", "phase_model")
+    assert "v1" in listing.stdout and "v2" not in listing.stdout
+
+
 def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without_any(
     tmp_path: Path, synthetic_case: Path
 ) -> None:

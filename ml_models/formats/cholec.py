@@ -66,6 +66,26 @@ def _frames(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[list[int], i
     return frames, step
 
 
+def _cholec80_phase(value: str) -> int | None:
+    """The Cholec80 phase id of a phase file's value (an id 0-6 or a name), else None."""
+    if value.isdigit():
+        return int(value) if int(value) < len(PHASES) else None
+    return phase_id(value)
+
+
+def _phase_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The rows of a phase file, which has two columns (Frame, Phase)."""
+    header, rows = _rows(path)
+    if len(header) != 2:
+        raise format_error(
+            path,
+            f"a phase file has 2 columns (Frame, Phase), found {len(header)}",
+            "pass a phase file, not a tool file",
+            1,
+        )
+    return rows
+
+
 def load_cholec80_phases(
     path: str | Path, fps: float = 25.0, video: str | None = None, author: str | None = None
 ) -> AnnotationSet:
@@ -84,22 +104,14 @@ def load_cholec80_phases(
         AnnotationFormatError: On an unknown phase, a bad frame number or a ragged row.
     """
     path = Path(path)
-    header, rows = _rows(path)
-    if len(header) != 2:
-        raise format_error(
-            path,
-            f"a phase file has 2 columns (Frame, Phase), found {len(header)}",
-            "pass a phase file, not a tool file",
-            1,
-        )
+    rows = _phase_rows(path)
     frames, step = _frames(path, rows)
     ids = []
     for n, f in rows:
-        v = f[1]
-        pid = int(v) if v.isdigit() else phase_id(v)
-        if pid is None or not 0 <= pid < len(PHASES):
+        pid = _cholec80_phase(f[1])
+        if pid is None:
             raise format_error(
-                path, f"{v!r} is not a Cholec80 phase", "use a phase name or an id 0-6", n
+                path, f"{f[1]!r} is not a Cholec80 phase", "use a phase name or an id 0-6", n
             )
         ids.append(pid)
     name = video or path.stem.replace("-phase", "")
@@ -121,6 +133,30 @@ def load_cholec80_phases(
             )
         )
     return out
+
+
+def read_phase_names(path: str | Path) -> tuple[list[int], list[str]]:
+    """Frame numbers and phase names of a Cholec80-style phase file, in any vocabulary.
+
+    The layout is Cholec80's (``Frame`` and ``Phase`` columns, tab or comma separated), so
+    labelled videos of other procedures can be written the same way. Cholec80 phases (names in
+    either spelling, or ids 0-6) come back in the readable spelling of ``PHASES``; any other
+    name comes back as written.
+
+    Raises:
+        AnnotationFormatError: On a file that is not two columns, an empty name or unsorted
+            frames.
+    """
+    path = Path(path)
+    rows = _phase_rows(path)
+    frames, _ = _frames(path, rows)
+    names = []
+    for n, f in rows:
+        if not f[1]:
+            raise format_error(path, "a row has no phase", "name the phase on every row", n)
+        pid = _cholec80_phase(f[1])
+        names.append(PHASES[pid] if pid is not None else f[1])
+    return frames, names
 
 
 def load_cholec80_tools(

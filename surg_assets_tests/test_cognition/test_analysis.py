@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import jsonschema
 import pytest
 
@@ -16,6 +18,7 @@ from ml_models.analysis import (
 )
 from ml_models.schemas import load_schema
 from ml_models.tables import EVENTS, INSTRUMENT_USAGE, table_from_rows
+from ml_models.tables import PHASES as PHASES_TABLE
 from surg_assets_tests.test_cognition.cases import (
     CASE,
     events_table,
@@ -205,3 +208,50 @@ def test_the_contract_check_finds_inconsistent_analyses() -> None:
     assert "Preparation: duration 12.0 s, its segments sum to 10.0" in problems
     doc["instruments"][0]["visible_s"] = -1
     assert any(p.startswith("instruments/0/visible_s") for p in analysis_problems(doc))
+
+
+def test_another_procedures_phases_keep_their_names_and_meet_no_cholec80_reference() -> None:
+    from ml_models.report import phase_timeline_png
+
+    # A POEM phase model (peroral endoscopic myotomy, the POEMNet steps) numbering its own
+    # phases: a "tunnel" that runs 30 min is not a Cholec80 phase that ran long, an order of
+    # steps that would be backwards in Cholec80 is not unexpected, and a clipper is not unusual.
+    steps = ["submuc_inject", "muc_incis", "tunnel", "myotomy", "mucos_close"]
+    spans = [(0, 0, 60), (2, 60, 1800), (1, 1800, 1900), (3, 1900, 2500), (4, 2500, 2600)]
+    phases = table_from_rows(
+        PHASES_TABLE,
+        [
+            {"case_id": CASE, "phase_id": p, "phase_name": steps[p], "start_s": s, "end_s": e,
+             "confidence": 0.8, "model_version": "phase_model:v7"}
+            for p, s, e in spans
+        ],
+    )  # fmt: skip
+    usage = _usage([(1, 4, "clipper", 100.0, 400.0)])
+    a = build_analysis(
+        CASE, phases, usage, EVENTS.empty_table(), VideoFacts(duration_s=2600),
+        procedure="poem",
+    )  # fmt: skip
+    assert [(p.phase_id, p.phase) for p in a.phases] == [(p, steps[p]) for p, _, _ in spans]
+    assert {d.phase: d.duration_s for d in a.phase_durations}["tunnel"] == 1740
+    assert all(d.reference_median_s is None for d in a.phase_durations)
+    assert a.anomalies == [] and a.reference == "none: the phases are not Cholec80's (poem)"
+    assert a.instruments[0].per_phase_s == {"tunnel": 300.0}
+    jsonschema.validate(a.model_dump(mode="json"), load_schema("analysis"))
+    # The same spans under Cholec80's names are judged against Cholec80.
+    cholec = _with_phases(spans)
+    assert {x.kind for x in cholec.anomalies} >= {"long_phase", "unexpected_phase_order"}
+    # Nine phases: the timeline's palette repeats instead of running out.
+    nine = [(i, i * 10.0, i * 10.0 + 10) for i in range(9)]
+    many = table_from_rows(
+        PHASES_TABLE,
+        [
+            {"case_id": CASE, "phase_id": p, "phase_name": f"step {p}", "start_s": s, "end_s": e,
+             "confidence": 0.8, "model_version": "phase_model:v8"}
+            for p, s, e in nine
+        ],
+    )  # fmt: skip
+    b = build_analysis(
+        CASE, many, INSTRUMENT_USAGE.empty_table(), EVENTS.empty_table(), VideoFacts(duration_s=90)
+    )
+    assert [p.phase for p in b.phases][-1] == "step 8"
+    assert len(base64.b64decode(phase_timeline_png(b))) > 1000
