@@ -2,7 +2,7 @@
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ml_models.tables import ROW_GROUP_ROWS
+from ml_models.tables import (
+    DETECTIONS,
+    INSTRUMENT_USAGE,
+    PHASE_PROBABILITIES,
+    ROW_GROUP_ROWS,
+    TRACKS,
+)
 from ml_models.video import inspect_layout
 from resources.blob_store import BlobStore
 from resources.catalog import Catalog
@@ -100,6 +106,18 @@ class SuiteTally:
         elif unexpected is not None:
             self.failed[label] = (self.failed[label] or 0) + unexpected
 
+    def add_schema(self, actual: pa.Schema, contract: pa.Schema) -> None:
+        """Record each column whose type is not the contract's (a missing column is GE's to
+        report): a float64 confidence or an int64 class id is a broken contract too."""
+        for f in contract:
+            if f.name in actual.names and not actual.field(f.name).type.equals(f.type):
+                self.add(f"expect_column_to_be_of_type({f.name}: {f.type})", None)
+
+    def add_side_table(self, table: str, other: "SuiteTally") -> None:
+        """Fold in the failures of a table the same asset writes beside its main one."""
+        for label, count in other.failed.items():
+            self.add(f"{table}: {label}", count)
+
     def check_result(self, name: str, expectations: int) -> dg.AssetCheckResult:
         """The blocking check's result: passed only if no batch failed any expectation."""
         failed = [
@@ -183,7 +201,6 @@ def detection_expectations(duration_s: float, width: int, height: int, tracks: b
     import great_expectations as gx
 
     from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
-    from ml_models.tables import DETECTIONS, TRACKS
 
     e = gx.expectations
     schema = TRACKS if tracks else DETECTIONS
@@ -304,15 +321,20 @@ def validate_detection_file(
     )
     if not has_mask:
         tally.add(f"expect_column_to_exist({MASK})", None)
+    tally.add_schema(source.schema_arrow, TRACKS if tracks else DETECTIONS)
     for label, count in polygons.items():
         tally.add(label, count)
     return tally.check_result(name, len(expectations) + 2)
 
 
+# Limits for a case the catalog does not describe (checks run on the tables alone).
+UNKNOWN_DURATION_S = 1e9
+
+
 def _case_facts(catalog: Catalog, case_id: str) -> tuple[float, int, int]:
     case = catalog.get_case(case_id)
     if case is None or case.duration_s is None:
-        return 1e9, 10_000, 10_000
+        return UNKNOWN_DURATION_S, 10_000, 10_000
     w, h, _ = video_limits_from_env().normalised(case.width or 0, case.height or 0, 0.0)
     return float(case.duration_s), w, h
 
@@ -320,7 +342,8 @@ def _case_facts(catalog: Catalog, case_id: str) -> tuple[float, int, int]:
 @dg.asset_check(
     asset=instrument_detections,
     blocking=True,
-    description="Detections: schema, classes, confidences, boxes in the frame, times in the video.",
+    description="Detections: columns and their types, classes, confidences, boxes in the frame, "
+    "times in the video.",
 )
 def detections_meet_contract(
     context: dg.AssetCheckExecutionContext, blob_store: BlobStore, catalog: Catalog
@@ -334,19 +357,91 @@ def detections_meet_contract(
 @dg.asset_check(
     asset=instrument_tracks,
     blocking=True,
-    description="Tracks: the detections contract plus a positive track id on every row.",
+    description="Tracks: the detections contract plus a positive track id on every row; usage "
+    "intervals of known classes inside the video.",
 )
 def tracks_meet_contract(
     context: dg.AssetCheckExecutionContext, blob_store: BlobStore, catalog: Catalog
 ) -> dg.AssetCheckResult:
-    """GE suite over tracks.parquet, streamed a batch of rows at a time."""
+    """GE suite over tracks.parquet, streamed a batch of rows at a time, and over the
+    instrument_usage table written beside it."""
     case_id = context.op_execution_context.partition_key
+    return tracks_contract(blob_store, case_id, _case_facts(catalog, case_id))
+
+
+def tracks_contract(
+    blob_store: BlobStore, case_id: str, facts: tuple[float, int, int]
+) -> dg.AssetCheckResult:
+    """The tracks check on a case's stored tracks and usage tables.
+
+    Args:
+        blob_store: Where the case's tables are.
+        case_id: The case.
+        facts: The video's duration, width and height.
+    """
     with blob_store.local_copy(metadata_key(case_id, "tracks.parquet")) as path:
-        return validate_detection_file(path, *_case_facts(catalog, case_id), tracks=True)
+        result = validate_detection_file(path, *facts, tracks=True)
+    usage = SuiteTally()
+    usage.add_side_table(
+        "instrument_usage",
+        side_table_tally(blob_store, case_id, "instrument_usage", usage_expectations(facts[0])),
+    )
+    if not usage.failed:
+        return result
+    failed = usage.check_result("instrument_usage", 0).description
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=failed if result.passed else f"{result.description}; {failed}",
+        metadata={**result.metadata, "failed": (0 if result.passed else 1) + len(usage.failed)},
+    )
+
+
+def usage_expectations(duration_s: float) -> list:
+    """The instrument_usage contract: a known class per track interval inside the video."""
+    import great_expectations as gx
+
+    from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
+
+    e = gx.expectations
+    return _columns_exist(INSTRUMENT_USAGE.names) + [
+        e.ExpectColumnValuesToBeBetween(column="track_id", min_value=1),
+        e.ExpectColumnValuesToBeInSet(column="class_name", value_set=list(INSTRUMENT_CLASSES)),
+        e.ExpectColumnValuesToBeBetween(column="start_s", min_value=0, max_value=duration_s + 1.0),
+        e.ExpectColumnValuesToBeBetween(column="end_s", min_value=0, max_value=duration_s + 1.0),
+        e.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="end_s", column_B="start_s", or_equal=True
+        ),
+        e.ExpectColumnValuesToBeBetween(column="detections", min_value=1),
+        e.ExpectColumnValuesToBeBetween(column="mean_confidence", min_value=0, max_value=1),
+    ]
+
+
+def side_table_tally(
+    blob_store: BlobStore,
+    case_id: str,
+    name: str,
+    expectations: list,
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> SuiteTally:
+    """A small table an asset writes beside its main one (``{name}.parquet``), validated
+    whole against ``expectations`` and its contract's column types."""
+    from ml_models.tables import SCHEMAS
+
+    if not blob_store.exists(metadata_key(case_id, f"{name}.parquet")):
+        tally = SuiteTally()
+        tally.add(f"expect_table_to_exist({name}.parquet)", None)
+        return tally
+    table = read_table(blob_store, case_id, f"{name}.parquet")
+    df = table.to_pandas()
+    tally = validate_frames([prepare(df) if prepare else df], name, expectations)
+    tally.add_schema(table.schema, SCHEMAS[name])
+    return tally
 
 
 def phase_expectations(duration_s: float) -> list:
-    """The phase timeline contract: ordered, contiguous segments covering the video."""
+    """The phase timeline contract: ordered, contiguous segments covering the video, from its
+    start to its end (within two seconds: the timeline is read at one frame a second)."""
     import great_expectations as gx
 
     from ml_models.tables import PHASES
@@ -358,7 +453,11 @@ def phase_expectations(duration_s: float) -> list:
         e.ExpectColumnValuesToBeBetween(column="confidence", min_value=0, max_value=1),
         e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s"),
         e.ExpectColumnMinToBeBetween(column="start_s", min_value=0, max_value=0),
-        e.ExpectColumnMaxToBeBetween(column="end_s", min_value=0, max_value=duration_s + 1.0),
+        e.ExpectColumnMaxToBeBetween(
+            column="end_s",
+            min_value=0 if duration_s >= UNKNOWN_DURATION_S else max(0.0, duration_s - 2.0),
+            max_value=duration_s + 1.0,
+        ),
         e.ExpectColumnValuesToBeIncreasing(column="start_s", strictly=True),
         # Contiguity: each segment starts where the previous ended (gap column computed below).
         e.ExpectColumnValuesToBeBetween(column="gap_s", min_value=-1e-6, max_value=1e-6),
@@ -368,17 +467,47 @@ def phase_expectations(duration_s: float) -> list:
 @dg.asset_check(
     asset=phase_timeline,
     blocking=True,
-    description="Phases: ordered, contiguous segments from 0 s, inside the video.",
+    description="Phases: ordered, contiguous segments from the video's start to its end, column "
+    "types as contracted; per-second probabilities in [0, 1] summing to one.",
 )
 def phases_meet_contract(
     context: dg.AssetCheckExecutionContext, blob_store: BlobStore, catalog: Catalog
 ) -> dg.AssetCheckResult:
-    """GE suite over phases.parquet."""
+    """GE suite over phases.parquet, and over the per-second probabilities beside it."""
     case_id = context.op_execution_context.partition_key
-    df = read_table(blob_store, case_id, "phases.parquet").to_pandas()
-    df["gap_s"] = (df["start_s"] - df["end_s"].shift(1)).fillna(0.0)
-    duration, _, _ = _case_facts(catalog, case_id)
-    return run_suite(df, "phases", phase_expectations(duration))
+    return phases_contract(blob_store, case_id, _case_facts(catalog, case_id)[0])
+
+
+def phases_contract(blob_store: BlobStore, case_id: str, duration: float) -> dg.AssetCheckResult:
+    """The phases check on a case's stored phases and phase probabilities."""
+
+    def with_gaps(df: pd.DataFrame) -> pd.DataFrame:
+        return df.assign(gap_s=(df["start_s"] - df["end_s"].shift(1)).fillna(0.0))
+
+    def with_sums(df: pd.DataFrame) -> pd.DataFrame:
+        return df.assign(second_total=df.groupby("t_s")["probability"].transform("sum"))
+
+    expectations = phase_expectations(duration)
+    tally = side_table_tally(blob_store, case_id, "phases", expectations, with_gaps)
+    probabilities = probability_expectations(duration)
+    tally.add_side_table(
+        "phase_probabilities",
+        side_table_tally(blob_store, case_id, "phase_probabilities", probabilities, with_sums),
+    )
+    return tally.check_result("phases", len(expectations) + len(probabilities))
+
+
+def probability_expectations(duration_s: float) -> list:
+    """The per-second phase probabilities: each in [0, 1], each second's summing to one."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return _columns_exist(PHASE_PROBABILITIES.names) + [
+        e.ExpectColumnValuesToBeBetween(column="t_s", min_value=0, max_value=duration_s + 1.0),
+        e.ExpectColumnValuesToBeBetween(column="phase_id", min_value=0),
+        e.ExpectColumnValuesToBeBetween(column="probability", min_value=0, max_value=1),
+        e.ExpectColumnValuesToBeBetween(column="second_total", min_value=0.99, max_value=1.01),
+    ]
 
 
 def event_expectations(duration_s: float) -> list:
@@ -393,6 +522,7 @@ def event_expectations(duration_s: float) -> list:
         e.ExpectColumnValuesToBeInSet(column="kind", value_set=list(EVENT_KINDS)),
         e.ExpectColumnValuesToBeBetween(column="score", min_value=0, max_value=1),
         e.ExpectColumnValuesToBeBetween(column="start_s", min_value=0, max_value=duration_s + 1.0),
+        e.ExpectColumnValuesToBeBetween(column="end_s", min_value=0, max_value=duration_s + 1.0),
         e.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="end_s", column_B="start_s", or_equal=True
         ),
@@ -402,16 +532,22 @@ def event_expectations(duration_s: float) -> list:
 @dg.asset_check(
     asset=video_events,
     blocking=True,
-    description="Events: known kinds, scores in [0, 1], intervals inside the video.",
+    description="Events: known kinds, scores in [0, 1], intervals inside the video, column types "
+    "as contracted.",
 )
 def events_meet_contract(
     context: dg.AssetCheckExecutionContext, blob_store: BlobStore, catalog: Catalog
 ) -> dg.AssetCheckResult:
     """GE suite over events.parquet."""
     case_id = context.op_execution_context.partition_key
-    df = read_table(blob_store, case_id, "events.parquet").to_pandas()
-    duration, _, _ = _case_facts(catalog, case_id)
-    return run_suite(df, "events", event_expectations(duration))
+    return events_contract(blob_store, case_id, _case_facts(catalog, case_id)[0])
+
+
+def events_contract(blob_store: BlobStore, case_id: str, duration: float) -> dg.AssetCheckResult:
+    """The events check on a case's stored events table."""
+    expectations = event_expectations(duration)
+    tally = side_table_tally(blob_store, case_id, "events", expectations)
+    return tally.check_result("events", len(expectations))
 
 
 @dg.asset_check(

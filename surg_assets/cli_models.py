@@ -241,9 +241,11 @@ def train_phase_command(
     err.print(f"{len(cases)} labelled cases; phases: {', '.join(phases)}")
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         path, metrics = train_phases(
-            sample_cases(cases), Path(tmp) / "phase.pt", temporal_epochs=temporal_epochs,
+            sample_cases(cases),
+            Path(tmp) / "phase.pt",
+            temporal_epochs=temporal_epochs,
             phases=phases,
-        )  # fmt: skip
+        )
         card = _card(
             "phase_model", sys.argv, f"cases:{len(cases)}", videos=len(cases), phases=phases
         )

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_models.tables import DETECTIONS, EVENTS, PHASES, TRACKS
+from ml_models.tables import DETECTIONS, EVENTS, INSTRUMENT_USAGE, PHASES, TRACKS
 from resources.settings import load_settings
 from surg_assets.assets.perception import read_table
 from surg_assets.checks import (
@@ -117,6 +117,92 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
     assert tracks_meta["sample_fps"].value == 5.0
     events = read_table(store, case_id, "events.parquet").to_pandas()
     assert {"colour_bars", "black", "scene_cut"} <= set(events.kind)
+    # The blocking checks read the stored tables: corrupted, they fail, naming what broke.
+    corrupted = _corrupted_tables_fail_their_checks(resources, case_id)
+    assert corrupted == {
+        "tracks_meet_contract": [
+            "instrument_usage: expect_column_pair_values_a_to_be_greater_than_b(end_s)",
+            "instrument_usage: expect_column_values_to_be_in_set(class_name)",
+        ],
+        "phases_meet_contract": [
+            "expect_column_max_to_be_between(end_s)",
+            "expect_column_to_be_of_type(confidence: float)",
+            "phase_probabilities: expect_column_values_to_be_between(second_total)",
+        ],
+        "events_meet_contract": ["expect_column_values_to_be_between(end_s)"],
+    }
+
+
+def _corrupted_tables_fail_their_checks(resources: dict, case_id: str) -> dict[str, list[str]]:
+    """Corrupt the stored tables of a finished case, run the blocking checks on them and
+    return each failed check's failed expectations."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from surg_assets.assets.perception import (
+        instrument_tracks,
+        phase_timeline,
+        video_events,
+        write_table,
+    )
+    from surg_assets.checks import events_meet_contract, phases_meet_contract, tracks_meet_contract
+    from surg_assets.partitions import cases
+
+    store = resources["blob_store"]
+
+    def corrupt(name: str, change) -> None:
+        write_table(store, case_id, name, change(read_table(store, case_id, name)))
+
+    def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+        return table.set_column(table.schema.get_field_index(name), name, values)
+
+    # A timeline that stops half-way, with float64 confidences; probabilities halved.
+    corrupt("phases.parquet", lambda t: set_column(
+        set_column(t, "end_s", pc.min_element_wise(t["end_s"], 10.0)),
+        "confidence", t["confidence"].cast(pa.float64()),
+    ).filter(pc.less(t["start_s"], 10.0)))  # fmt: skip
+    corrupt("phase_probabilities.parquet", lambda t: set_column(
+        t, "probability", pc.multiply(t["probability"], pa.scalar(0.5, pa.float32()))
+    ))  # fmt: skip
+    usage = pa.Table.from_pylist(
+        [{"case_id": case_id, "track_id": 1, "class_id": 0, "class_name": "scalpel",
+          "start_s": 5.0, "end_s": 4.0, "detections": 3, "mean_confidence": 0.5}],
+        schema=INSTRUMENT_USAGE,
+    )  # fmt: skip
+    write_table(store, case_id, "instrument_usage.parquet", usage)
+    corrupt("events.parquet", lambda t: set_column(
+        t, "end_s", pc.add(t["end_s"], 1000.0)
+    ))  # fmt: skip
+    # The real checks through Dagster, each on a stand-in for its asset (the asset itself would
+    # write the tables again).
+    verdicts = {}
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("cases", [case_id])
+        for asset, check in (
+            (instrument_tracks, tracks_meet_contract),
+            (phase_timeline, phases_meet_contract),
+            (video_events, events_meet_contract),
+        ):
+
+            @dg.asset(key=asset.key, partitions_def=cases)
+            def stored() -> dg.MaterializeResult:
+                return dg.MaterializeResult()
+
+            run = dg.materialize(
+                [stored, check],
+                partition_key=case_id,
+                instance=instance,
+                resources={"blob_store": store, "catalog": resources["catalog"]},
+                raise_on_error=False,
+            )
+            [verdicts[asset.key.path[-1]]] = run.get_asset_check_evaluations()
+            assert run.success == verdicts[asset.key.path[-1]].passed  # blocking
+    return {
+        # "label: 3 unexpected" or "label: failed", joined by "; "
+        v.check_name: sorted(part.rsplit(": ", 1)[0] for part in v.description.split("; "))
+        for v in verdicts.values()
+        if not v.passed
+    }
 
 
 def _ok_detections() -> pd.DataFrame:

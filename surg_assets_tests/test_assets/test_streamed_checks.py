@@ -12,10 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
-from ml_models.tables import DETECTIONS, TRACKS, RowGroupWriter
+from ml_models.tables import DETECTIONS, INSTRUMENT_USAGE, TRACKS, RowGroupWriter
 from resources.settings import load_settings
 from surg_assets import checks
-from surg_assets.assets.perception import instrument_detections, instrument_tracks, metadata_key
+from surg_assets.assets.perception import (
+    instrument_detections,
+    instrument_tracks,
+    metadata_key,
+    write_table,
+)
 from surg_assets.checks import (
     POLYGON_IN_FRAME,
     POLYGON_SHAPE,
@@ -298,6 +303,8 @@ def test_the_dagster_check_reads_the_encrypted_lake_in_batches(
         store.put_file(
             metadata_key(case_id, name), _write(tmp_path / f"{case_id}.parquet", rows, 2048)
         )
+        if tracks:  # the usage table instrument_tracks writes beside the tracks
+            write_table(store, case_id, "instrument_usage.parquet", INSTRUMENT_USAGE.empty_table())
 
     # The real check, on a stand-in for the asset whose output the test stored above.
     @dg.asset(key=asset.key, partitions_def=cases)
