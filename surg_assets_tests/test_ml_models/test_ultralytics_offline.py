@@ -71,7 +71,15 @@ SCRIPT = textwrap.dedent(
     model = load_model(r.weights)
     table, run = detect_video(model, video, "c1", "v", sample_fps=2, imgsz=128, conf=0.001)
     track_detections(table, (160, 120), 2.0)
-    print(json.dumps({"frames": run.frames, "weights": str(r.weights)}))
+    # The pipeline's own path: the ONNX export (ultralytics checks for onnx, onnxslim and
+    # onnxruntime there) and the BoT-SORT tracker.
+    graph = load_model(r.weights, "onnx", 128, cache_dir=out)
+    onnx_table, onnx_run = detect_video(graph, video, "c1", "v", sample_fps=2, imgsz=128,
+                                        conf=0.001)
+    track_detections(onnx_table, (160, 120), 2.0, tracker="botsort")
+    exported = [str(p) for p in __import__("pathlib").Path(out).glob("*.onnx")]
+    print(json.dumps({"frames": run.frames, "weights": str(r.weights),
+                      "onnx_frames": onnx_run.frames, "onnx": exported}))
     """
 )
 
@@ -128,6 +136,7 @@ def test_training_and_inference_make_no_network_attempt(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["frames"] == 4 and Path(result["weights"]).is_file()
+    assert result["onnx_frames"] == 4 and len(result["onnx"]) == 1
     # Its settings file lives in the configured folder, never in the user's home.
     settings_files = list((tmp_path / "yolo-config").rglob("settings.json"))
     assert len(settings_files) == 1
