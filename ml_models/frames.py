@@ -172,11 +172,13 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_images(model: FrameCNN, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Embeddings of prepared images, (N, feature_dim)."""
-    model.eval()
+def embed_images(
+    model: FrameCNN, images: np.ndarray, batch_size: int = 256, device: str = "cpu"
+) -> np.ndarray:
+    """Embeddings of prepared images, (N, feature_dim), computed on ``device``."""
+    model.eval().to(device)
     out = [
-        model.embed(to_tensor(images[i : i + batch_size])).numpy()
+        model.embed(to_tensor(images[i : i + batch_size]).to(device)).cpu().numpy()
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, model.feature_dim), np.float32)

@@ -171,20 +171,24 @@ class PhaseModel:
         return self.temporal if causal or self.offline is None else self.offline
 
     @torch.no_grad()
-    def predict_images(self, images: np.ndarray, causal: bool = False) -> np.ndarray:
+    @torch.no_grad()
+    def predict_images(
+        self, images: np.ndarray, causal: bool = False, device: str = "cpu"
+    ) -> np.ndarray:
         """Per-second phase probabilities (T, n_phases) from prepared 1 fps frames.
 
         By default every second sees the whole video (the offline model, where the bundle has
-        one); ``causal`` gives what a live view would have said at each second.
+        one); ``causal`` gives what a live view would have said at each second. Both stages
+        run on ``device`` (``cpu`` or ``cuda:N``).
         """
-        feats = embed_images(self.encoder, images)
+        feats = embed_images(self.encoder, images, device=device)
         if len(feats) == 0:
             return np.zeros((0, len(self.phases)), np.float32)
-        x = torch.from_numpy(feats.T[None]).float()
+        x = torch.from_numpy(feats.T[None]).float().to(device)
         temporal = self.temporal_model(causal)
-        temporal.eval()
+        temporal.eval().to(device)
         logits = temporal(x)[-1][0]
-        return torch.softmax(logits, dim=0).T.numpy()
+        return torch.softmax(logits, dim=0).T.cpu().numpy()
 
     def export_onnx(self, path: str | Path, causal: bool = False) -> Path:
         """Both stages as one ONNX graph: (T, 3, S, S) normalised 1 fps frames -> (T, phases).

@@ -362,7 +362,7 @@ def instrument_tracks(
 
 
 class PhaseConfig(dg.Config):
-    """Smoothing of the phase timeline."""
+    """How the phase timeline is read, smoothed, and where the model runs."""
 
     min_segment_s: float = 10.0
     # Whole cases are read by the offline temporal model (each second sees the past and the
@@ -373,6 +373,9 @@ class PhaseConfig(dg.Config):
     # nothing about a clip cut from its middle, and its last second is not the end of a case,
     # so they are read causally.
     whole_case_min_s: float = 120.0
+    # Where both stages run: the GPU the step was placed on when there is one (a 6-hour case is
+    # 21,600 frames through the encoder), else the CPU.
+    device: str = "auto"
 
 
 @dg.asset(
@@ -392,6 +395,7 @@ def phase_timeline(
     registry: ModelRegistry,
 ) -> dg.MaterializeResult:
     """Two-stage recognition (frame CNN + MS-TCN) at one frame per second."""
+    from ml_models.detector import resolve_device
     from ml_models.frames import frames_per_second
     from ml_models.phases import PhaseModel, segments_from_probabilities
 
@@ -404,7 +408,8 @@ def phase_timeline(
         times, images = frames_per_second(video, model.sample_fps)
     step = 1.0 / model.sample_fps
     whole_case = config.whole_case_decoding and len(times) * step >= config.whole_case_min_s
-    probs = model.predict_images(images, causal=not whole_case)
+    device = resolve_device(config.device)
+    probs = model.predict_images(images, causal=not whole_case, device=device)
     prior = model.prior if whole_case else None
     # Bundles from before the offline model read whole cases causally too; say which it was.
     reader = "offline TCN" if model.offline is not None else "causal TCN"
@@ -450,6 +455,7 @@ def phase_timeline(
                 f"whole case: {reader}, training prior" if prior is not None else "causal argmax"
             ),
             "model_version": model_version,
+            "device": device,
             "seconds": round(time.perf_counter() - started, 2),
             "preview": preview(phases, ["phase_name", "start_s", "end_s", "confidence"]),
         }

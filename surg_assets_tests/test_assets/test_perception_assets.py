@@ -51,6 +51,7 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
         # A video under two minutes is an excerpt: read causally, no whole-case prior.
         [phases] = result.asset_materializations_for_node("phase_timeline")
         assert phases.metadata["decoding"].value == "causal argmax"
+        assert phases.metadata["device"].value == "cpu"  # no GPU here: "auto" is the CPU
         causal = read_table(store, case_id, "phase_probabilities.parquet").to_pandas()
         # Taken as a whole case, the same video is read by the offline temporal model.
         whole = job.execute_in_process(
