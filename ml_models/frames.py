@@ -102,6 +102,45 @@ def frames_per_second(video: str | Path, fps: float = 1.0) -> tuple[np.ndarray, 
     return np.asarray(times), np.stack(images)
 
 
+@torch.no_grad()
+def embed_video(
+    model: FrameCNN,
+    video: str | Path,
+    fps: float = 1.0,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a video at ``fps`` and embed the frames as they are decoded.
+
+    Only the embeddings are kept (a few hundred bytes a second of video), never the frames: a
+    6-hour case at 1 fps would otherwise hold about 600 MB of prepared frames, twice over while
+    they were stacked.
+
+    Returns:
+        (times (N,), embeddings (N, feature_dim)), as :func:`embed_images` of
+        :func:`frames_per_second` would give.
+    """
+    model.eval().to(device)
+    times: list[float] = []
+    feats: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        feats.append(model.embed(to_tensor(np.stack(pending)).to(device)).cpu().numpy())
+        pending.clear()
+
+    for frame in sample_frames(video, fps):
+        times.append(frame.t_s)
+        pending.append(prepare(frame.bgr))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    if not feats:
+        return np.zeros(0), np.zeros((0, model.feature_dim), np.float32)
+    return np.asarray(times), np.concatenate(feats)
+
+
 def batches(n: int, size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
     """Index batches over ``n`` items (shuffled when ``rng`` is given)."""
     order = rng.permutation(n) if rng is not None else np.arange(n)

@@ -23,7 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_models.errors import InputError
-from ml_models.frames import FrameCNN, embed_images, frames_per_second, train_classifier
+from ml_models.frames import (
+    FrameCNN,
+    embed_images,
+    embed_video,
+    train_classifier,
+)
 
 
 class Residual(nn.Module):
@@ -181,7 +186,16 @@ class PhaseModel:
         one); ``causal`` gives what a live view would have said at each second. Both stages
         run on ``device`` (``cpu`` or ``cuda:N``).
         """
-        feats = embed_images(self.encoder, images, device=device)
+        return self.predict_features(
+            embed_images(self.encoder, images, device=device), causal, device
+        )
+
+    @torch.no_grad()
+    def predict_features(
+        self, feats: np.ndarray, causal: bool = False, device: str = "cpu"
+    ) -> np.ndarray:
+        """Per-second phase probabilities (T, n_phases) from the frame encoder's embeddings
+        (:meth:`embed_video`); ``causal`` and ``device`` as in :meth:`predict_images`."""
         if len(feats) == 0:
             return np.zeros((0, len(self.phases)), np.float32)
         x = torch.from_numpy(feats.T[None]).float().to(device)
@@ -204,13 +218,18 @@ class PhaseModel:
             path,
         )
 
+    def embed_video(self, video: str | Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+        """(times (T,), embeddings (T, feature_dim)) of a video sampled at the model's rate,
+        embedded as it is decoded (the frames are never all held)."""
+        return embed_video(self.encoder, video, self.sample_fps, device=device)
+
     def predict_video(
-        self, video: str | Path, causal: bool = False
+        self, video: str | Path, causal: bool = False, device: str = "cpu"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(times (T,), probabilities (T, n_phases)) for a video; ``causal`` as in
-        :meth:`predict_images`."""
-        times, images = frames_per_second(video, self.sample_fps)
-        return times, self.predict_images(images, causal)
+        """(times (T,), probabilities (T, n_phases)) for a video; ``causal`` and ``device`` as
+        in :meth:`predict_images`."""
+        times, feats = self.embed_video(video, device)
+        return times, self.predict_features(feats, causal, device)
 
 
 class _PhaseGraph(nn.Module):

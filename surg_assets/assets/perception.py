@@ -396,7 +396,6 @@ def phase_timeline(
 ) -> dg.MaterializeResult:
     """Two-stage recognition (frame CNN + MS-TCN) at one frame per second."""
     from ml_models.detector import resolve_device
-    from ml_models.frames import frames_per_second
     from ml_models.phases import PhaseModel, segments_from_probabilities
 
     started = time.perf_counter()
@@ -404,12 +403,13 @@ def phase_timeline(
     version, weights = approved_model(registry, "phase_model")
     model = PhaseModel.load(weights)
     model_version = f"phase_model:{version.version}"
+    device = resolve_device(config.device)
     with blob_store.local_copy(processed_video_key(case_id)) as video:
-        times, images = frames_per_second(video, model.sample_fps)
+        # Embedded while decoding: only the per-second features of the case are held.
+        times, feats = model.embed_video(video, device)
     step = 1.0 / model.sample_fps
     whole_case = config.whole_case_decoding and len(times) * step >= config.whole_case_min_s
-    device = resolve_device(config.device)
-    probs = model.predict_images(images, causal=not whole_case, device=device)
+    probs = model.predict_features(feats, causal=not whole_case, device=device)
     prior = model.prior if whole_case else None
     # Bundles from before the offline model read whole cases causally too; say which it was.
     reader = "offline TCN" if model.offline is not None else "causal TCN"

@@ -644,6 +644,28 @@ def test_phase_model_keeps_its_depth_through_save_and_load(tmp_path: Path) -> No
     assert np.allclose(alone.predict_images(frames), model.predict_images(frames, causal=True))
 
 
+def test_a_video_is_embedded_as_it_is_decoded_with_the_same_result(tmp_path: Path) -> None:
+    from ml_models.frames import embed_images, embed_video, frames_per_second
+    from ml_models.phases import train_phase_model
+    from ml_models.video import write_sample_video
+
+    video = write_sample_video(tmp_path / "v.mp4", seconds=12, fps=10, size=(160, 120))
+    times, images = frames_per_second(video, 1.0)
+    model = train_phase_model(
+        [(images, np.repeat([0, 1], 6))], ["a", "b"], encoder_epochs=1, temporal_epochs=1,
+        layers=3, encoder_frames=8,
+    )  # fmt: skip
+    # Batches of 5 frames: the streamed embeddings cross batch borders, held frames never
+    # exceed one batch, and the result is the whole-array one.
+    streamed_times, streamed = embed_video(model.encoder, video, 1.0, batch_size=5)
+    assert np.array_equal(streamed_times, times) and len(times) == 12
+    assert np.allclose(streamed, embed_images(model.encoder, images), atol=1e-5)
+    for causal in (True, False):
+        t, probs = model.predict_video(video, causal=causal)
+        assert np.array_equal(t, times)
+        assert np.allclose(probs, model.predict_images(images, causal=causal), atol=1e-5)
+
+
 def test_phase_encoder_learns_tool_presence_beside_the_phase(tmp_path: Path) -> None:
     # Two tools drawn as bright squares in opposite corners, independent of the phase: the
     # tool head must learn them (multi-task), and the bundle must keep the head.
