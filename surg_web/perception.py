@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from ml_models.analysis import merge_intervals
 from ml_models.datasets import is_correction_target
+from ml_models.formats.cholec80 import PHASES as CHOLEC80_PHASES
 from ml_models.tracking import USAGE_GAP_S
 from resources.blob_store import BlobStore
 from resources.catalog import Annotation, Catalog
@@ -158,8 +159,35 @@ def overlay_window(
     return {"source": source if table is not None else None, "boxes": boxes}
 
 
+def phase_vocabulary(blob_store: BlobStore, case_id: str) -> list[dict[str, Any]]:
+    """The phases a reviewer may choose for this case, ``[{phase_id, phase_name}]`` in id order.
+
+    They are the vocabulary of the phase model that read the case (its per-second
+    probabilities name every phase it knows, not only those on the timeline), so a case of
+    another procedure is corrected in its own phases. Without that table: the timeline's names
+    when they are not Cholec80's, else Cholec80's seven (the default model's).
+    """
+    names: dict[int, str] = {}
+    for name in ("phase_probabilities", "phases"):
+        table = read_table(blob_store, case_id, name)
+        if table is None or not table.num_rows:
+            continue
+        pairs = table.select(["phase_id", "phase_name"]).group_by(["phase_id", "phase_name"])
+        for row in pairs.aggregate([]).to_pylist():
+            if row["phase_id"] is not None and row["phase_name"]:
+                names.setdefault(int(row["phase_id"]), row["phase_name"])
+        if name == "phases" and set(names.values()) <= set(CHOLEC80_PHASES):
+            names = {}  # a Cholec80 timeline: offer all seven, not only the phases it shows
+        if names:
+            break
+    if not names:
+        names = dict(enumerate(CHOLEC80_PHASES))
+    return [{"phase_id": i, "phase_name": n} for i, n in sorted(names.items())]
+
+
 def timeline(blob_store: BlobStore, catalog: Catalog, case_id: str) -> dict[str, Any]:
-    """Phase segments (a reviewer's current correction if any, else the model's) and events."""
+    """Phase segments (a reviewer's current correction if any, else the model's), the phases a
+    correction may use, and events."""
     phases: list[dict[str, Any]] = []
     table = read_table(blob_store, case_id, "phases")
     if table is not None:
@@ -196,6 +224,7 @@ def timeline(blob_store: BlobStore, catalog: Catalog, case_id: str) -> dict[str,
         "phases": phases,
         "phase_source": source,
         "phase_correction_id": correction_id,
+        "phase_vocabulary": phase_vocabulary(blob_store, case_id),
         "events": events,
     }
 

@@ -303,7 +303,10 @@ def phase_intervals(
 ) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]], list[int]]:
     """One case's phase and out-of-body intervals, and the annotation ids they came from.
 
-    The newest live reviewer timeline wins over imported phase intervals.
+    The newest live reviewer timeline wins over imported phase intervals. The dataset numbers
+    Cholec80's phases, so a reviewed segment counts by its name: the id stored beside it is
+    the case's own vocabulary's (POEM's "myotomy" is its id 2, which here would read as
+    "Clipping and cutting"), and a phase that is not Cholec80's is left out.
     """
     review = [r for r in rows if r["source"] == "review" and r["kind"] == "phase"]
     phases: list[tuple[float, float, int]] = []
@@ -311,8 +314,7 @@ def phase_intervals(
     if review:
         latest = review[-1]
         for seg in latest["payload"].get("segments", []):
-            pid = seg.get("phase_id")
-            pid = pid if pid is not None else phase_id(seg.get("phase_name") or "")
+            pid = phase_id(seg.get("phase_name") or "")
             if pid is not None:
                 phases.append((float(seg["start_s"]), float(seg["end_s"]), int(pid)))
         ids.append(latest["id"])

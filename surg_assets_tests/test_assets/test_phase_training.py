@@ -15,7 +15,7 @@ from ml_models.frames import predict_proba, to_tensor
 from ml_models.phases import PhaseModel
 from resources import datasets as snapshots
 from resources.settings import load_settings
-from surg_assets.assets.datasets import detector_dataset, phase_dataset
+from surg_assets.assets.datasets import detector_dataset, phase_dataset, phase_intervals
 from surg_assets.assets.ingest import processed_video_key
 from surg_assets.assets.training import out_of_body_model, phase_model
 from surg_assets.settings import build_resources
@@ -98,3 +98,20 @@ def test_a_dataset_without_labelled_frames_fails_with_what_to_do(surg_home: Path
     assert message.startswith("detector_dataset: no labelled frame")
     assert "surg annotations import" in message
     assert snapshots.versions(resources["blob_store"], "detector_dataset") == []
+
+
+def test_reviewed_phases_enter_the_dataset_by_their_cholec80_name() -> None:
+    """The stored id of a reviewed segment is the case's own vocabulary's: another procedure's
+    phase must not become the Cholec80 phase that shares its number."""
+
+    def review(*segments: tuple[int | None, str, float, float]) -> dict:
+        payload = [
+            {"phase_id": i, "phase_name": n, "start_s": a, "end_s": b} for i, n, a, b in segments
+        ]
+        return {"id": 9, "source": "review", "kind": "phase", "payload": {"segments": payload}}
+
+    cholec = review((2, "Clipping and cutting", 0.0, 5.0), (None, "Preparation", 5.0, 9.0))
+    assert phase_intervals([cholec], 25.0)[0] == [(0.0, 5.0, 2), (5.0, 9.0, 0)]
+    poem = review((0, "submuc_inject", 0.0, 5.0), (2, "myotomy", 5.0, 9.0))
+    phases, _, ids = phase_intervals([poem], 25.0)
+    assert phases == [] and ids == [9]

@@ -9,7 +9,15 @@ from typing import Any
 
 import httpx
 
-from ml_models.tables import DETECTIONS, EVENTS, PHASES, TRACKS, table_from_rows, to_parquet_bytes
+from ml_models.tables import (
+    DETECTIONS,
+    EVENTS,
+    PHASE_PROBABILITIES,
+    PHASES,
+    TRACKS,
+    table_from_rows,
+    to_parquet_bytes,
+)
 
 
 def put_part(url: str, data: bytes) -> httpx.Response:
@@ -76,8 +84,18 @@ def boxes(case_id: str, fps: float = 25.0, frames: int = 50) -> list[dict[str, A
     return rows
 
 
-def write_perception(blob_store: Any, case_id: str, duration_s: float = 2.0) -> None:
-    """Small detections/tracks/phases/events parquet files (DESIGN.md section 3) and a report."""
+def write_perception(
+    blob_store: Any,
+    case_id: str,
+    duration_s: float = 2.0,
+    vocabulary: tuple[str, ...] | None = None,
+) -> None:
+    """Small detections/tracks/phases/events parquet files (DESIGN.md section 3) and a report.
+
+    The timeline is the first two Cholec80 phases; with ``vocabulary`` it is that vocabulary's
+    first two, and per-second probabilities over the whole vocabulary are written too (as a
+    phase model trained on those names would).
+    """
     rows = boxes(case_id, frames=int(duration_s * 25))
     prefix = f"processed-metadata/{case_id}"
     blob_store.put_bytes(
@@ -88,11 +106,12 @@ def write_perception(blob_store: Any, case_id: str, duration_s: float = 2.0) -> 
         f"{prefix}/detections.parquet", to_parquet_bytes(table_from_rows(DETECTIONS, det))
     )
     half = duration_s / 2
+    names = vocabulary or ("Preparation", "Calot triangle dissection")
     phases = [
         {
             "case_id": case_id,
             "phase_id": 0,
-            "phase_name": "Preparation",
+            "phase_name": names[0],
             "start_s": 0.0,
             "end_s": half,
             "confidence": 0.8,
@@ -101,7 +120,7 @@ def write_perception(blob_store: Any, case_id: str, duration_s: float = 2.0) -> 
         {
             "case_id": case_id,
             "phase_id": 1,
-            "phase_name": "Calot triangle dissection",
+            "phase_name": names[1],
             "start_s": half,
             "end_s": duration_s,
             "confidence": 0.7,
@@ -111,6 +130,22 @@ def write_perception(blob_store: Any, case_id: str, duration_s: float = 2.0) -> 
     blob_store.put_bytes(
         f"{prefix}/phases.parquet", to_parquet_bytes(table_from_rows(PHASES, phases))
     )
+    if vocabulary:
+        probabilities = [
+            {
+                "case_id": case_id,
+                "t_s": float(t),
+                "phase_id": i,
+                "phase_name": name,
+                "probability": 1.0 if i == (0 if t < half else 1) else 0.0,
+            }
+            for t in range(int(duration_s))
+            for i, name in enumerate(vocabulary)
+        ]
+        blob_store.put_bytes(
+            f"{prefix}/phase_probabilities.parquet",
+            to_parquet_bytes(table_from_rows(PHASE_PROBABILITIES, probabilities)),
+        )
     events = [
         {
             "case_id": case_id,

@@ -14,6 +14,7 @@ import httpx
 import pyarrow as pa
 import pytest
 
+from ml_models.formats.cholec80 import PHASES as CHOLEC80_PHASES
 from resources.audit import AuditLog
 from surg_assets_tests.test_web.conftest import PASSWORD, WebServer
 from surg_assets_tests.test_web.helpers import put_part, upload, write_perception
@@ -380,6 +381,59 @@ def test_reviewers_correct_boxes_and_phases_as_versioned_annotations(
     ]
     saved = [e for e in AuditLog(web.catalog).entries() if e.action == "annotation.saved"]
     assert len(saved) == 4 and {e.case_id for e in saved} == {ready_case}
+
+
+POEM = ("submuc_inject", "tunnel", "myotomy", "closure")
+
+
+def test_phase_corrections_use_the_case_s_own_phases(
+    web: WebServer, ready_case: str, videos: dict
+) -> None:
+    rey = web.client("rey")
+    # A Cholec80 timeline offers all seven phases, not only the two it shows.
+    tl = rey.get(f"/api/cases/{ready_case}/timeline").json()
+    assert [p["phase_name"] for p in tl["phase_vocabulary"]] == list(CHOLEC80_PHASES)
+    assert [p["phase_id"] for p in tl["phase_vocabulary"]] == list(range(7))
+
+    # A case read by a phase model trained on POEM's steps is corrected in those steps.
+    data = videos["good"].read_bytes()
+    poem = upload(web.client("sam"), data, name="poem.mp4")["case_id"]
+    web.blob_store.put_bytes(f"processed-videos/{poem}/video.mp4", data)
+    write_perception(web.blob_store, poem, duration_s=4.0, vocabulary=POEM)
+    web.catalog.update_case(poem, status="ready", duration_s=4.0, fps=25.0, width=320)
+    tl = rey.get(f"/api/cases/{poem}/timeline").json()
+    assert [(p["phase_id"], p["phase_name"]) for p in tl["phase_vocabulary"]] == list(
+        enumerate(POEM)
+    )
+    assert [p["phase_name"] for p in tl["phases"]] == ["submuc_inject", "tunnel"]
+
+    def correct(case_id: str, *segments: dict[str, Any]) -> httpx.Response:
+        body = {"kind": "phase", "payload": {"segments": list(segments)}}
+        return rey.post(f"/api/cases/{case_id}/annotations", json=body)
+
+    # The stored correction carries each phase's id, filled in from the vocabulary.
+    r = correct(
+        poem,
+        {"phase_name": "submuc_inject", "start_s": 0, "end_s": 1.5},
+        {"phase_name": "myotomy", "start_s": 1.5, "end_s": 4.0},
+    )
+    assert r.status_code == 201, r.text
+    assert [(s["phase_id"], s["phase_name"]) for s in r.json()["payload"]["segments"]] == [
+        (0, "submuc_inject"),
+        (2, "myotomy"),
+    ]
+    # A name the case's model does not know, or an id that disagrees with the name, is refused
+    # with one error naming the phase, and nothing is stored.
+    before = len(rey.get(f"/api/cases/{poem}/annotations").json())
+    r = correct(poem, {"phase_name": "Preparation", "start_s": 0, "end_s": 4.0})
+    assert r.status_code == 422 and set(r.json()) == {"error"}
+    assert "'Preparation' is not one of this case's phases" in r.json()["error"]
+    assert "submuc_inject, tunnel, myotomy, closure" in r.json()["error"]
+    r = correct(poem, {"phase_id": 1, "phase_name": "myotomy", "start_s": 0, "end_s": 4.0})
+    assert r.status_code == 422 and "'myotomy' has id 2, not 1" in r.json()["error"]
+    r = correct(ready_case, {"phase_name": "tunnel", "start_s": 0, "end_s": 2.0})
+    assert r.status_code == 422 and "'tunnel'" in r.json()["error"]
+    assert len(rey.get(f"/api/cases/{poem}/annotations").json()) == before
 
 
 def test_data_scientists_approve_and_reject_model_versions(web: WebServer) -> None:

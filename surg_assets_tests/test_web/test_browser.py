@@ -27,9 +27,11 @@ from typing import Any
 
 import pytest
 
+from ml_models.formats.cholec80 import PHASES as CHOLEC80_PHASES
 from resources.catalog import Annotation
 from surg_assets_tests.conftest import REPO, SHARED_DATA, skip_or_fail
 from surg_assets_tests.test_web.conftest import PASSWORD, WebServer, start_server
+from surg_assets_tests.test_web.helpers import upload, write_perception
 
 MiB = 1024 * 1024
 # The clip whose first 8 s hold the most tracked instruments for the shipped (synthetic-only)
@@ -286,22 +288,15 @@ def test_upload_analyse_review_and_correct_a_real_clip_in_chromium(
     page.screenshot(path=str(artifacts / "corrected.png"))
 
     # Relabel the first phase segment; the new timeline is stored as a phase annotation.
-    bar = page.locator("#phasebar").bounding_box()
     first_end = phases.column("end_s").to_pylist()[0]
     total = float(page.evaluate("() => document.querySelector('#player video').duration"))
-    page.mouse.click(bar["x"] + bar["width"] * min(0.5, first_end / total / 2), bar["y"] + 5)
-    page.select_option("#phase-select", "Clipping and cutting")
-    page.click("#relabel-phase")
-    page.wait_for_selector("#phasebar .seg[data-phase='Clipping and cutting']")
-    with site.catalog.session() as s:
-        phase_rows = (
-            s.query(Annotation)
-            .filter(Annotation.case_id == case.id, Annotation.kind == "phase")
-            .all()
-        )
+    at = min(0.5, first_end / total / 2)
+    options, _, phase_rows = _relabel_segment(page, site, case.id, at, "Clipping and cutting")
+    # The choice is the phase model's whole vocabulary (read from its per-second probabilities).
+    assert options == list(CHOLEC80_PHASES)
     assert len(phase_rows) == 1
-    segments = phase_rows[0].payload["segments"]
-    assert segments[0]["phase_name"] == "Clipping and cutting"
+    segments = phase_rows[0]
+    assert (segments[0]["phase_id"], segments[0]["phase_name"]) == (2, "Clipping and cutting")
     assert len(segments) == phases.num_rows
     page.screenshot(path=str(artifacts / "phases-corrected.png"))
 
@@ -311,6 +306,63 @@ def test_upload_analyse_review_and_correct_a_real_clip_in_chromium(
     assert not any("Jane" in p.name for p in site.home.rglob("*"))
     assert not errors, errors
     context.close()
+
+
+def test_a_case_of_another_procedure_is_relabelled_in_its_own_phases(
+    browser: Any, site: WebServer, videos: dict, artifacts: Path
+) -> None:
+    """A timeline from a phase model trained on POEM's steps: the reviewer's choice is those
+    steps (not Cholec80's), and the stored correction names one of them with its id."""
+    steps = ("submuc_inject", "tunnel", "myotomy", "closure")
+    data = videos["good"].read_bytes()
+    case_id = upload(site.client("ada"), data, name="Patient Jane Doe POEM.mp4")["case_id"]
+    site.blob_store.put_bytes(f"processed-videos/{case_id}/video.mp4", data)
+    write_perception(site.blob_store, case_id, duration_s=3.0, vocabulary=steps)
+    site.catalog.update_case(case_id, status="ready", duration_s=3.0, fps=25.0, width=320)
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    login(page, site.url, "ada")
+    page.goto(f"{site.url}/#/case/{case_id}")
+    page.wait_for_selector("#phasebar[data-segments='2']")
+    options = page.locator("#phase-select option").evaluate_all("os => os.map(o => o.value)")
+    assert options == list(steps)
+    # Select the second segment (tunnel) and relabel it myotomy.
+    options, selected, rows = _relabel_segment(page, site, case_id, 0.75, "myotomy")
+    assert options == list(steps) and selected == "tunnel"
+    assert len(rows) == 1
+    stored = [(g["phase_id"], g["phase_name"]) for g in rows[0]]
+    assert stored == [(0, "submuc_inject"), (2, "myotomy")]
+    page.screenshot(path=str(artifacts / "phases-poem-corrected.png"))
+    assert not errors, errors
+    context.close()
+
+
+def _relabel_segment(
+    page: Any, site: WebServer, case_id: str, at: float, phase: str
+) -> tuple[list[str], str, list[list[dict[str, Any]]]]:
+    """Click the phase bar at fraction ``at`` of its width and relabel that segment ``phase``.
+
+    Returns the phases the page offered, the one it preselected for the segment, and the
+    segments of every phase correction stored for the case.
+    """
+    bar = page.locator("#phasebar").bounding_box()
+    page.mouse.click(bar["x"] + bar["width"] * at, bar["y"] + 5)
+    options = page.locator("#phase-select option").evaluate_all("os => os.map(o => o.value)")
+    selected = page.locator("#phase-select").input_value()
+    page.select_option("#phase-select", phase)
+    page.click("#relabel-phase")
+    page.wait_for_selector(f"#phasebar .seg[data-phase='{phase}']")
+    with site.catalog.session() as s:
+        rows = (
+            s.query(Annotation)
+            .filter(Annotation.case_id == case_id, Annotation.kind == "phase")
+            .all()
+        )
+        return options, selected, [r.payload["segments"] for r in rows]
 
 
 def _wait_until(page: Any, condition: Any, timeout_s: float = 60.0) -> None:

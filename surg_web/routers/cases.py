@@ -347,6 +347,30 @@ def list_annotations(case_id: CaseId, request: Request, user: User) -> list[dict
     return [{**annotation_dict(a), "current": a.id in live} for a in rows]
 
 
+def _in_vocabulary(
+    segments: list[dict[str, Any]], vocabulary: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Corrected segments named in the case's phases, each with that phase's id (a correction
+    becomes training data, so a name the phase model does not know, or an id that disagrees
+    with the name, is refused rather than stored)."""
+    ids = {v["phase_name"]: v["phase_id"] for v in vocabulary}
+    out = []
+    for seg in segments:
+        name = seg["phase_name"]
+        if name not in ids:
+            raise HTTPException(
+                422,
+                f"segments: phase {name!r} is not one of this case's phases "
+                f"({', '.join(ids)}); pick one of them.",
+            )
+        if seg.get("phase_id") is not None and seg["phase_id"] != ids[name]:
+            raise HTTPException(
+                422, f"segments: phase {name!r} has id {ids[name]}, not {seg['phase_id']}."
+            )
+        out.append({**seg, "phase_id": ids[name]})
+    return out
+
+
 @router.post("/cases/{case_id}/annotations", status_code=201)
 def add_annotation(
     case_id: CaseId,
@@ -357,6 +381,10 @@ def add_annotation(
     """Store a reviewer's correction as a new annotation version (author and time recorded)."""
     c = ctx(request)
     case = authorised_case(request, user, case_id, "annotation.create")
+    if body.kind == "phase":
+        body.payload["segments"] = _in_vocabulary(
+            body.payload["segments"], perception.phase_vocabulary(c.blob_store, case.id)
+        )
     with c.catalog.session() as s:
         if body.supersedes_id is not None:
             old = s.get(Annotation, body.supersedes_id)

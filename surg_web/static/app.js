@@ -14,7 +14,7 @@ const EVENT_COLOURS = { black: '#777', colour_bars: '#d0f', scene_cut: '#fff', o
   burned_in_text: '#f33' }
 const WINDOW_S = 60
 
-const state = { me: null, uppy: null, player: null, refreshTimer: null }
+const state = { me: null, uppy: null, player: null, refreshTimer: null, phaseNames: null }
 
 // -- helpers -------------------------------------------------------------------------------
 
@@ -74,8 +74,10 @@ function hms (s) {
   return [h, m, sec].map((x) => String(x).padStart(2, '0')).join(':')
 }
 
+// A phase's colour follows its place in the case's vocabulary (Cholec80's until a timeline names
+// another), so the bar, the legend and the report agree.
 function phaseColour (name) {
-  const i = PHASES.indexOf(name)
+  const i = (state.phaseNames || PHASES).indexOf(name)
   return PALETTE[(i >= 0 ? i : Math.abs([...String(name)].reduce((a, c) => a * 31 + c.charCodeAt(0), 7))) % PALETTE.length]
 }
 const classColour = (id) => PALETTE[(Number(id) || 0) % PALETTE.length]
@@ -89,6 +91,7 @@ function teardown () {
   clearInterval(state.refreshTimer)
   if (state.player) { state.player.dispose(); state.player = null }
   if (state.uppy) { state.uppy.destroy(); state.uppy = null }
+  state.phaseNames = null
 }
 
 async function route () {
@@ -408,10 +411,17 @@ async function renderCase (view, caseId) {
   // -- phase bar ---------------------------------------------------------------------------
   const duration = () => (v.duration && isFinite(v.duration) ? v.duration : (c.duration_s || 1))
   const cursor = el('div', { class: 'cursor' })
-  const tl = { phases: [], correctionId: null, selected: null }
+  const tl = { phases: [], correctionId: null, selected: null, vocabulary: [] }
   async function loadTimeline () {
     const d = await api('GET', `/api/cases/${caseId}/timeline`)
     tl.phases = d.phases; tl.correctionId = d.phase_correction_id
+    // The phases a segment may be relabelled to are the case's own (another procedure's names
+    // when its phase model was trained on them), not a fixed list.
+    tl.vocabulary = d.phase_vocabulary || PHASES.map((n, i) => ({ phase_id: i, phase_name: n }))
+    state.phaseNames = tl.vocabulary.map((p) => p.phase_name)
+    const chosen = phaseSelect.value
+    setChildren(phaseSelect, ...state.phaseNames.map((n) => el('option', { value: n, text: n })))
+    if (state.phaseNames.includes(chosen)) phaseSelect.value = chosen
     renderPhasebar(d)
   }
   function renderPhasebar (d) {
@@ -474,7 +484,8 @@ async function renderCase (view, caseId) {
     window.addEventListener('pointermove', move); window.addEventListener('pointerup', up)
   }
   async function savePhases (what) {
-    const segments = tl.phases.map((p) => ({ phase_id: PHASES.indexOf(p.phase_name) >= 0 ? PHASES.indexOf(p.phase_name) : null, phase_name: p.phase_name, start_s: +p.start_s.toFixed(3), end_s: +p.end_s.toFixed(3) }))
+    const ids = new Map(tl.vocabulary.map((p) => [p.phase_name, p.phase_id]))
+    const segments = tl.phases.map((p) => ({ phase_id: ids.has(p.phase_name) ? ids.get(p.phase_name) : null, phase_name: p.phase_name, start_s: +p.start_s.toFixed(3), end_s: +p.end_s.toFixed(3) }))
     try {
       await api('POST', `/api/cases/${caseId}/annotations`, { kind: 'phase', payload: { segments }, supersedes_id: tl.correctionId })
       toast(`phase correction saved (${what})`)
