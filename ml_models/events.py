@@ -12,6 +12,7 @@ in-body frames; burned-in text from strokes that stay put while the scene moves.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -169,6 +170,7 @@ class TextPersistence:
         self.min_level_height = min_level_height
         self.maps: list[list[np.ndarray]] = []  # per level, the last ``window`` text-like maps
         self._shape: tuple[int, int] | None = None
+        self.scores: list[float] = []  # the last update's box scores, in its boxes' order
 
     @staticmethod
     def strokes(bgr: np.ndarray) -> np.ndarray:
@@ -228,7 +230,11 @@ class TextPersistence:
         return scales
 
     def update(self, bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Add a frame; return the text boxes (x1, y1, x2, y2) persistent over the window."""
+        """Add a frame; return the text boxes (x1, y1, x2, y2) persistent over the window.
+
+        Each box's score is in :attr:`scores`: how many letters it holds against the number
+        that makes it text, 0.5 at exactly that many and 1.0 at twice as many or more.
+        """
         h, w = bgr.shape[:2]
         if self._shape != (h, w):  # first frame, or the size changed: start again
             self._shape = (h, w)
@@ -236,6 +242,7 @@ class TextPersistence:
             self.maps = [[] for _ in self._scales]
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         boxes: list[tuple[int, int, int, int]] = []
+        scores: list[float] = []
         for scale, maps in zip(self._scales, self.maps, strict=True):
             level = gray
             if scale != 1.0:
@@ -248,16 +255,18 @@ class TextPersistence:
             if len(maps) < min(3, self.window):
                 continue
             fx, fy = w / level.shape[1], h / level.shape[0]
-            for x1, y1, x2, y2 in self._level_boxes(level, maps):
+            for (x1, y1, x2, y2), score in self._level_boxes(level, maps):
                 boxes.append(
                     (int(x1 * fx), int(y1 * fy), int(np.ceil(x2 * fx)), int(np.ceil(y2 * fy)))
                 )
-        return _merge_boxes(boxes)
+                scores.append(score)
+        merged, self.scores = _merge_boxes(boxes, scores)
+        return merged
 
     def _level_boxes(
         self, gray: np.ndarray, maps: list[np.ndarray]
-    ) -> list[tuple[int, int, int, int]]:
-        """Text boxes of one analysis level, in that level's pixels."""
+    ) -> list[tuple[tuple[int, int, int, int], float]]:
+        """Text boxes of one analysis level, in that level's pixels, with their scores."""
         persistent = (np.mean(maps, axis=0) >= self.persistence).astype(np.uint8)
         persistent = cv2.dilate(persistent, np.ones((3, 7), np.uint8))
         n, _, stats, _ = cv2.connectedComponentsWithStats(persistent, connectivity=8)
@@ -272,29 +281,35 @@ class TextPersistence:
                 continue
             # Text is many separate letters; a still instrument edge or highlight is a few blobs.
             box = (int(x), int(y), int(x + bw), int(y + bh))
-            if self.letters(gray, box) < max(4, bw // (2 * bh)):
+            needed = max(4, bw // (2 * bh))
+            letters = self.letters(gray, box)
+            if letters < needed:
                 continue
-            boxes.append(box)
+            boxes.append((box, min(1.0, letters / (2 * needed))))
         return boxes
 
 
-def _merge_boxes(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """Union boxes that overlap (the same line seen at two levels) until none do."""
-    merged = sorted(boxes)
+def _merge_boxes(
+    boxes: list[tuple[int, int, int, int]], scores: list[float]
+) -> tuple[list[tuple[int, int, int, int]], list[float]]:
+    """Union boxes that overlap (the same line seen at two levels) until none do; a union
+    keeps the best score of its parts."""
+    merged = sorted(zip(boxes, scores, strict=True))
     changed = True
     while changed:
         changed = False
-        out: list[tuple[int, int, int, int]] = []
-        for b in merged:
-            for j, o in enumerate(out):
+        out: list[tuple[tuple[int, int, int, int], float]] = []
+        for b, score in merged:
+            for j, (o, best) in enumerate(out):
                 if b[0] <= o[2] and o[0] <= b[2] and b[1] <= o[3] and o[1] <= b[3]:
-                    out[j] = (min(b[0], o[0]), min(b[1], o[1]), max(b[2], o[2]), max(b[3], o[3]))
+                    union = (min(b[0], o[0]), min(b[1], o[1]), max(b[2], o[2]), max(b[3], o[3]))
+                    out[j] = (union, max(score, best))
                     changed = True
                     break
             else:
-                out.append(b)
+                out.append((b, score))
         merged = out
-    return merged
+    return [b for b, _ in merged], [score for _, score in merged]
 
 
 def _intervals(
@@ -324,6 +339,10 @@ class SceneCuts:
     downscaled by its automatic factor with linear interpolation, positions from the
     presentation time relative to the stream's start), so the cuts are the ones it finds reading
     the file itself (a test holds the two to the same list).
+
+    A cut's score is the detector's content change at it against the threshold: 0.5 at the
+    threshold, 1.0 at twice it or more (a hard cut between unrelated scenes), so a cut between
+    two similar views, the likelier false alarm, scores low.
     """
 
     def __init__(self, stream: av.VideoStream, threshold: float = 27.0) -> None:
@@ -341,6 +360,11 @@ class SceneCuts:
         self.stream_time_base = stream.time_base
         self.cuts: list = []
         self.last = None
+        self.threshold = threshold
+        # Content change per recent picture, keyed by its time: a cut is reported up to the
+        # flash filter's buffer behind the picture that caused it, so only that many are kept.
+        self._recent: OrderedDict[float, float] = OrderedDict()
+        self._change: dict[float, float] = {}
 
     def add(self, frame: av.VideoFrame) -> None:
         """Account for one decoded picture."""
@@ -355,17 +379,38 @@ class SceneCuts:
         if start and self.stream_time_base != frame.time_base:
             start = int(start * Fraction(self.stream_time_base) / Fraction(frame.time_base))
         self.last = self._timecode(frame.pts - start, Fraction(frame.time_base))
-        self.cuts += self.detector.process_frame(self.last, img)
+        found = self.detector.process_frame(self.last, img)
+        # PySceneDetect keeps a picture's content change only in this attribute (a stats
+        # manager would keep every picture's for the whole video); absent, cuts score 1.0.
+        change = getattr(self.detector, "_frame_score", None)
+        if change is not None:
+            self._recent[self.last.seconds] = float(change)
+            while len(self._recent) > self.detector.event_buffer_length + 2:
+                self._recent.popitem(last=False)
+        self._keep(found)
+
+    def _keep(self, cuts: list) -> None:
+        for cut in cuts:
+            # The picture's own change; failing that, the largest recent one (the one that
+            # made the filter report the cut).
+            fallback = max(self._recent.values(), default=2 * self.threshold)
+            self._change[cut.seconds] = self._recent.get(cut.seconds, fallback)
+        self.cuts += cuts
 
     def finish(self) -> list[Event]:
         """Every cut (one frame long), in time order."""
         if self.last is not None:
-            self.cuts += self.detector.post_process(self.last)
+            self._keep(self.detector.post_process(self.last))
         frame_s = 1.0 / float(self.rate)
         return [
-            Event("scene_cut", cut.seconds, cut.seconds + frame_s, 1.0)
+            Event("scene_cut", cut.seconds, cut.seconds + frame_s, self.score(cut.seconds))
             for cut in sorted(set(self.cuts))
         ]
+
+    def score(self, t_s: float) -> float:
+        """The score of a cut at ``t_s`` (see the class)."""
+        change = self._change.get(t_s, 2 * self.threshold)
+        return round(min(1.0, change / (2 * self.threshold)), 4)
 
 
 def scene_cuts(video: str | Path, threshold: float = 27.0) -> list[Event]:
@@ -492,7 +537,7 @@ def scan_video(
     times, bars = [], []
     oob_scores = OutOfBodyScores(out_of_body)
     text = TextPersistence(window=max(3, int(4 * sample_fps)))
-    text_hits: list[tuple[float, list[tuple[int, int, int, int]]]] = []
+    text_hits: list[tuple[float, list[tuple[int, int, int, int]], list[float]]] = []
     black_runs = BlackRuns()
     with av.open(str(video)) as container:
         cuts = SceneCuts(container.streams.video[0], cut_threshold)
@@ -506,7 +551,7 @@ def scan_video(
         times.append(frame.t_s)
         bars.append(colour_bars_score(frame.bgr))
         oob_scores.add(frame.bgr, black_score(frame.bgr), bars[-1])
-        text_hits.append((frame.t_s, text.update(frame.bgr)))
+        text_hits.append((frame.t_s, text.update(frame.bgr), text.scores))
     t = np.asarray(times)
     step = 1.0 / sample_fps
     scan = EventScan(frames=len(times))
@@ -522,9 +567,12 @@ def scan_video(
 
 
 def _text_events(
-    hits: list[tuple[float, list[tuple[int, int, int, int]]]], step: float, window: int
+    hits: list[tuple[float, list[tuple[int, int, int, int]], list[float]]],
+    step: float,
+    window: int,
 ) -> list[Event]:
-    """Text boxes over time -> one event per overlay and stretch of frames showing it.
+    """Text boxes over time -> one event per overlay and stretch of frames showing it, scored
+    by the mean over those frames of the overlay's best box score (:meth:`TextPersistence.update`).
 
     Boxes are grouped by place first (boxes that touch, within half a line's height, are one
     overlay), so a second overlay elsewhere, or a stray detection over tissue, gets its own box
@@ -532,17 +580,22 @@ def _text_events(
     visible only after ``window`` frames; each interval is extended back by that much so
     redaction starts on the overlay's first frame.
     """
-    times = np.asarray([t for t, _ in hits])
-    placed = [(i, b) for i, (_, boxes) in enumerate(hits) for b in boxes]
-    groups = _touching_groups([b for _, b in placed])
+    times = np.asarray([t for t, _, _ in hits])
+    placed = [
+        (i, b, score)
+        for i, (_, boxes, scores) in enumerate(hits)
+        for b, score in zip(boxes, scores, strict=True)
+    ]
+    groups = _touching_groups([b for _, b, _ in placed])
     events = []
     for members in groups:
         frames: dict[int, list[tuple[int, int, int, int]]] = {}
+        strength = np.zeros(len(hits))  # every box scores at least 0.5: a box is a hit
         for k in members:
-            i, b = placed[k]
+            i, b, score = placed[k]
             frames.setdefault(i, []).append(b)
-        flags = np.asarray([1.0 if i in frames else 0.0 for i in range(len(hits))])
-        for ev in _intervals("burned_in_text", times, flags, step):
+            strength[i] = max(strength[i], score)
+        for ev in _intervals("burned_in_text", times, strength, step):
             inside = [
                 b for i, boxes in frames.items() if ev.start_s <= times[i] < ev.end_s for b in boxes
             ]

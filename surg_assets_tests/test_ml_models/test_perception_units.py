@@ -499,16 +499,23 @@ def test_black_and_colour_bar_scores() -> None:
     assert colour_bars_score(tissue) < 0.2 and colour_bars_score(black) < 0.2
 
 
-def test_burned_in_text_is_found_where_it_was_drawn() -> None:
+def _overlay_boxes(words: str) -> tuple[list[tuple[int, int, int, int]], list[float]]:
+    """Boxes and scores :class:`TextPersistence` gives after 8 frames of moving tissue under a
+    fixed overlay of ``words``."""
     rng = np.random.default_rng(1)
     text = TextPersistence(window=6)
-    boxes = []
+    boxes: list[tuple[int, int, int, int]] = []
     for i in range(8):
         frame = cv2.GaussianBlur(rng.integers(40, 220, (240, 320, 3), dtype=np.uint8), (0, 0), 3)
         frame = np.roll(frame, 7 * i, axis=1)  # the scene moves, the overlay does not
-        cv2.putText(frame, "DOE JANE 1970", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+        cv2.putText(frame, words, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
                     (235, 235, 235), 1, cv2.LINE_AA)  # fmt: skip
         boxes = text.update(frame)
+    return boxes, text.scores
+
+
+def test_burned_in_text_is_found_where_it_was_drawn() -> None:
+    boxes, _ = _overlay_boxes("DOE JANE 1970")
     assert len(boxes) >= 1
     x1, y1, x2, y2 = (
         min(b[0] for b in boxes),
@@ -519,12 +526,23 @@ def test_burned_in_text_is_found_where_it_was_drawn() -> None:
     assert x1 <= 12 and x2 >= 120 and y1 <= 18 and y2 >= 28 and y2 <= 45
 
 
-def _video_with_a_cut(path: Path) -> None:
+def test_a_text_box_scores_by_its_letters() -> None:
+    """0.5 at the fewest letters that make a box text, 1.0 at twice as many: a whole line of
+    a name and date scores above a lone word."""
+    line, line_scores = _overlay_boxes("DOE JANE 1970")
+    word, word_scores = _overlay_boxes("JANE")
+    assert len(line_scores) == len(line) == 1 and len(word_scores) == len(word) == 1
+    assert line_scores[0] == 1.0 and 0.5 <= word_scores[0] < 0.9
+
+
+def _video_with_a_cut(path: Path, colours: tuple[tuple[int, int, int], ...] = ()) -> None:
+    """One second per colour (red then blue unless given) with a white disc moving across."""
+    colours = colours or ((200, 60, 60), (40, 160, 220))
     with av.open(str(path), "w") as out:
         st = out.add_stream("libx264", rate=25)
         st.width, st.height, st.pix_fmt = 160, 120, "yuv420p"
-        for i in range(50):
-            colour = (200, 60, 60) if i < 25 else (40, 160, 220)
+        for i in range(25 * len(colours)):
+            colour = colours[i // 25]
             img = np.full((120, 160, 3), colour, np.uint8)
             cv2.circle(img, (20 + i, 60), 10, (255, 255, 255), -1)
             for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
@@ -541,6 +559,18 @@ def test_scene_cut_found_at_the_cut(tmp_path: Path) -> None:
     table = events_table(cuts, "c1")
     assert table.schema.equals(EVENTS) and table.column("kind").to_pylist() == ["scene_cut"]
     assert json.loads(table.to_pandas().to_json())  # serialisable for the web app
+
+
+def test_a_scene_cut_scores_by_how_much_the_picture_changed(tmp_path: Path) -> None:
+    """Blue to dark grey changes hue, saturation and brightness (far past twice the threshold);
+    grey 60 to grey 150 changes brightness alone, just past it; grey 150 to 175 is no cut."""
+    video = tmp_path / "cuts.mp4"
+    greys = ((60, 60, 60), (150, 150, 150), (175, 175, 175))
+    _video_with_a_cut(video, ((40, 160, 220), *greys))
+    cuts = scene_cuts(video)
+    assert [round(c.start_s, 2) for c in cuts] == [1.0, 2.0]
+    hard, mild = (c.score for c in cuts)
+    assert hard == 1.0 and 0.5 <= mild < 0.7
 
 
 def test_cuts_from_the_shared_decode_are_pyscenedetects_own(
