@@ -176,7 +176,6 @@ class PhaseModel:
         return self.temporal if causal or self.offline is None else self.offline
 
     @torch.no_grad()
-    @torch.no_grad()
     def predict_images(
         self, images: np.ndarray, causal: bool = False, device: str = "cpu"
     ) -> np.ndarray:

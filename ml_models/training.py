@@ -298,8 +298,9 @@ def train_phases(
     log: Log | None = None,
     step: Step | None = None,
     phases: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> tuple[Path, dict[str, float]]:
-    """Train the two-stage phase model on whole labelled cases.
+    """Train the two-stage phase model on whole labelled cases (``seed`` seeds both stages).
 
     ``cases`` are decoded labelled cases (a ``video.mp4`` and a ``phase.txt`` each, of any
     procedure), or cases from :func:`render_phase_cases`. When every case knows its instrument
@@ -328,6 +329,7 @@ def train_phases(
         temporal_epochs=temporal_epochs,
         encoder_frames=encoder_frames,
         layers=layers,
+        seed=seed,
         log=log,
         step=step,
         tools=tools if all(t is not None for t in tools) else None,
@@ -350,6 +352,66 @@ def train_phases(
     )
     model.save(out)
     return out, {"train_frame_accuracy": acc, "videos": float(len(videos))}
+
+
+def split_phase_cases(
+    cases: Sequence[Path], val_cases: int | None = None, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """(training, held-out) case folders: ``val_cases`` of them drawn by ``seed`` (default one
+    in five, at least one when there are two or more cases), the rest in their given order.
+
+    Raises:
+        InputError: When no case would be left to train on.
+    """
+    cases = list(cases)
+    n = max(1, len(cases) // 5) if val_cases is None and len(cases) > 1 else val_cases or 0
+    if n >= len(cases):
+        raise InputError(
+            f"--val-cases {n} leaves none of the {len(cases)} labelled cases to train on; "
+            "hold out fewer."
+        )
+    held = set(random.Random(seed).sample(range(len(cases)), n))
+    return (
+        [c for i, c in enumerate(cases) if i not in held],
+        [c for i, c in enumerate(cases) if i in held],
+    )
+
+
+def evaluate_phases(
+    model: Any, cases: Sequence[CaseFrames], min_segment_s: float = 10.0
+) -> dict[str, float]:
+    """A phase model's scores on decoded labelled cases, as the pipeline would read them.
+
+    Each case is read whole and smoothed as ``phase_timeline`` does (the model's phase-order
+    prior, no segment shorter than ``min_segment_s``), and compared second by second with its
+    labels in the model's own vocabulary. ``val_frame_accuracy`` counts every second of every
+    case; ``val_mean_jaccard`` is the mean over cases of the mean Jaccard over the phases each
+    shows (as ``bench/phase_quality.py`` reports).
+
+    Raises:
+        InputError: When a case names a phase the model does not know.
+    """
+    from ml_models.metrics.phases import phase_metrics
+    from ml_models.phases import segments_from_probabilities
+
+    hits, jaccards, seconds = [], [], 0
+    step = 1.0 / model.sample_fps
+    for c in cases:
+        labels = phase_labels_at(c.case_dir, c.times, model.phases)
+        probs = model.predict_images(c.images)
+        pred = np.zeros(len(labels), np.int64)
+        for seg in segments_from_probabilities(probs, step, min_segment_s, model.prior):
+            pred[int(round(seg.start_s / step)) : int(round(seg.end_s / step))] = seg.phase_id
+        scores = phase_metrics(labels, pred, fps=model.sample_fps, num_phases=len(model.phases))
+        hits.append(labels == pred)
+        jaccards.append(scores.mean_jaccard)
+        seconds += len(labels)
+    return {
+        "val_frame_accuracy": float(np.mean(np.concatenate(hits))),
+        "val_mean_jaccard": float(np.mean(jaccards)),
+        "val_videos": float(len(cases)),
+        "val_seconds": float(seconds) * step,
+    }
 
 
 DEFAULT_MODEL_NAMES = ("out_of_body_model", "phase_model", "instrument_detector")

@@ -48,18 +48,13 @@ def _card(name: str, command: list[str], dataset: str, **extra: Any) -> dict[str
 
 
 # What a version must reach to be registered at all, and the metric compared with the current
-# Approved version (a new version may not be worse). Thresholds can be raised in settings.
+# Approved version (a new version may not be worse). Thresholds can be raised in settings. A
+# phase model trained with held-out cases is judged on val_frame_accuracy instead.
 PRIMARY_METRIC = {
     "instrument_detector": "box_map50",
     "phase_model": "train_frame_accuracy",
     "out_of_body_model": "train_accuracy",
 }
-
-
-def _thresholds(name: str) -> dict[str, float]:
-    from surg_assets.assets.training import thresholds
-
-    return thresholds(name, PRIMARY_METRIC[name])
 
 
 def _register(
@@ -69,19 +64,24 @@ def _register(
     metrics: dict,
     approve_as: str | None,
     baseline: dict[str, float] | None = None,
+    primary: str | None = None,
 ) -> None:
     """Register under governance; ``--approve-as`` records a person's approval at once.
 
     ``baseline``: the Approved version's metrics on the candidate's own evaluation data.
+    ``primary``: the metric it is judged on, when not the model's usual one.
     """
+    from surg_assets.assets.training import thresholds
+
     registry = _registry()
+    primary = primary or PRIMARY_METRIC[name]
     row = registry.register_candidate(
         name,
         {"weights.pt": weights},
         card=card,
         metrics=metrics,
-        primary_metric=PRIMARY_METRIC[name],
-        thresholds=_thresholds(name),
+        primary_metric=primary,
+        thresholds=thresholds(name, primary),
         dataset_version=card.get("dataset_version"),
         auto_approve=os.environ.get("SURG_AUTO_APPROVE", "").lower() in ("1", "true", "yes"),
         baseline=baseline,
@@ -220,11 +220,37 @@ def train_phase_command(
         "phase.txt (Frame, Phase): `surg synth` cases, or any procedure's videos.",
     ),
     temporal_epochs: int = typer.Option(60, help="Epochs of the temporal model."),
+    val_cases: int | None = typer.Option(
+        None,
+        "--val-cases",
+        help="Cases held out to score the model, drawn by --seed (default: one in five, at "
+        "least one when there are two or more; 0 trains on every case and reports training "
+        "accuracy only).",
+    ),
+    val_case: list[str] = typer.Option(
+        [],
+        "--val-case",
+        help="Hold out this case folder (by name; repeat for more), e.g. an official test "
+        "split, instead of drawing them.",
+    ),
+    seed: int = typer.Option(0, help="Seed of the training and of the held-out draw."),
+    min_segment_s: float = typer.Option(
+        10.0, help="Shortest phase segment when scoring (phase_timeline's min_segment_s)."
+    ),
     approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
 ) -> None:
     """Train the phase model on labelled full-length videos; its phases are the ones the
-    labels name (Cholec80's seven, in their order, for cholecystectomy labels)."""
-    from ml_models.training import phase_vocabulary, sample_cases, train_phases
+    labels name (Cholec80's seven, in their order, for cholecystectomy labels). Held-out cases
+    score it as the pipeline reads a case (smoothed timeline), and the Approved model is scored
+    on the same cases when it knows the same phases: the candidate may not be worse."""
+    from ml_models.phases import PhaseModel
+    from ml_models.training import (
+        evaluate_phases,
+        phase_vocabulary,
+        sample_cases,
+        split_phase_cases,
+        train_phases,
+    )
 
     cases = sorted(p.parent for p in data.glob("*/phase.txt")) or (
         [data] if (data / "phase.txt").exists() else []
@@ -238,18 +264,90 @@ def train_phase_command(
             "or remove the folder."
         )
     phases = phase_vocabulary(cases)
+    if val_case:
+        by_name = {c.name: c for c in cases}
+        unknown = [n for n in val_case if n not in by_name]
+        if unknown:
+            raise InputError(
+                f"--val-case {', '.join(unknown)} is not a labelled case folder in --data; "
+                "name a folder that holds video.mp4 and phase.txt."
+            )
+        held = [by_name[n] for n in dict.fromkeys(val_case)]
+        train = [c for c in cases if c not in held]
+        if not train:
+            raise InputError("--val-case holds out every labelled case; leave one to train on.")
+    else:
+        train, held = split_phase_cases(cases, val_cases, seed)
     err.print(f"{len(cases)} labelled cases; phases: {', '.join(phases)}")
+    err.print(
+        f"training on {len(train)} cases, scoring on {len(held)} held out"
+        if held
+        else "no case held out: only the training accuracy is reported"
+    )
+    decoded = dict(zip(cases, sample_cases(cases), strict=True))
+    baseline = None
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         path, metrics = train_phases(
-            sample_cases(cases),
+            [decoded[c] for c in train],
             Path(tmp) / "phase.pt",
             temporal_epochs=temporal_epochs,
             phases=phases,
+            seed=seed,
         )
+        primary = "train_frame_accuracy"
+        if held:
+            primary = "val_frame_accuracy"
+            scored = [decoded[c] for c in held]
+            metrics.update(evaluate_phases(PhaseModel.load(path), scored, min_segment_s))
+            err.print(
+                f"held out: frame accuracy {metrics['val_frame_accuracy']:.3f}, mean Jaccard "
+                f"{metrics['val_mean_jaccard']:.3f}"
+            )
+            baseline = _phase_baseline(phases, scored, min_segment_s)
         card = _card(
-            "phase_model", sys.argv, f"cases:{len(cases)}", videos=len(cases), phases=phases
+            "phase_model",
+            sys.argv,
+            f"cases:{len(cases)}",
+            videos=len(cases),
+            phases=phases,
+            seed=seed,
+            held_out_cases=[c.name for c in held],
+            evaluation=(
+                f"frame accuracy and mean Jaccard of the smoothed timeline (min segment "
+                f"{min_segment_s:g} s) on {len(held)} held-out cases"
+                if held
+                else "training frame accuracy only (no case held out)"
+            ),
         )
-        _register("phase_model", path, card, metrics, approve_as)
+        _register("phase_model", path, card, metrics, approve_as, baseline, primary)
+
+
+def _phase_baseline(
+    phases: list[str], cases: list[Any], min_segment_s: float
+) -> dict[str, float] | None:
+    """The Approved phase model's scores on the held-out cases, or ``{}`` (nothing to compare
+    with) when it knows other phases: a cholecystectomy model says nothing about POEM."""
+    from ml_models.phases import PhaseModel
+    from ml_models.training import evaluate_phases
+    from surg_assets.models import approved_model
+
+    try:
+        version, weights = approved_model(_registry(), "phase_model")
+    except InputError:  # none Approved and no default weights
+        return None
+    current = PhaseModel.load(weights)
+    if list(current.phases) != list(phases):
+        err.print(
+            f"the Approved {version.version} knows other phases "
+            f"({', '.join(current.phases)}): not compared"
+        )
+        return {}
+    baseline = evaluate_phases(current, cases, min_segment_s)
+    err.print(
+        f"{version.version} on the same held-out cases: frame accuracy "
+        f"{baseline['val_frame_accuracy']:.3f}, mean Jaccard {baseline['val_mean_jaccard']:.3f}"
+    )
+    return baseline
 
 
 @train_app.command("out-of-body")

@@ -381,6 +381,75 @@ def test_train_phase_takes_its_phases_from_the_labels_of_another_procedure(
     assert "v1" in listing.stdout and "v2" not in listing.stdout
 
 
+def test_train_phase_scores_held_out_cases_and_the_approved_model_on_them(
+    tmp_path: Path, surg_home: Path, synthetic_case: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from resources.catalog import ModelVersion
+    from resources.settings import load_settings
+    from surg_assets.cli import app
+    from surg_assets.cli_models import _registry
+    from surg_assets.settings import build_resources
+
+    # Four copies of the lab's video: three labelled with POEM's steps in their order, one in
+    # reverse. A model trained on the three reads the reversed one in the usual order, so held
+    # out, it scores far below its training accuracy: the score is not a training figure.
+    steps = ["submuc_inject", "tunnel", "myotomy"]
+    data = tmp_path / "poem"
+    for name, order in (("a", steps), ("b", steps), ("c", steps), ("r", steps[::-1])):
+        case = data / f"case-{name}"
+        case.mkdir(parents=True)
+        shutil.copy(synthetic_case / "video.mp4", case / "video.mp4")
+        rows = [f"{f}\t{order[min(2, f // 200)]}" for f in range(600)]
+        (case / "phase.txt").write_text("Frame\tPhase\n" + "\n".join(rows) + "\n")
+    args = ["train", "phase", "--data", str(data), "--temporal-epochs", "30"]
+    args += ["--min-segment-s", "2"]
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--val-case", "case-r", "--approve-as", "tester"])
+    assert first.exit_code == 0, first.output
+    assert "training on 3 cases, scoring on 1 held out" in first.output
+    # The Approved default knows Cholec80's phases: nothing to compare a POEM model with.
+    assert "knows other phases (Preparation, " in first.output and "not compared" in first.output
+
+    store = build_resources(load_settings(), deferred=False)["blob_store"]
+
+    def newest() -> tuple[ModelVersion, dict]:
+        row = _registry().versions("phase_model")[0]  # newest first
+        return row, json.loads(store.get_bytes(f"{row.uri}/model_card.json"))
+
+    row, card = newest()
+    metrics = row.metrics
+    assert metrics["val_videos"] == 1 and metrics["val_seconds"] == 24
+    assert metrics["train_frame_accuracy"] > 0.9, metrics
+    assert metrics["val_frame_accuracy"] < 0.5, metrics
+    assert card["held_out_cases"] == ["case-r"] and card["seed"] == 0
+    assert row.status == "Approved"
+
+    # The next candidate is judged against that model scored on the new held-out case.
+    second = runner.invoke(app, [*args, "--val-case", "case-a", "--seed", "3"])
+    assert second.exit_code == 0, second.output
+    said = re.search(rf"{row.version} on the same held-out cases: frame accuracy ([\d.]+)",
+                     second.output)  # fmt: skip
+    assert said, second.output
+    candidate, card = newest()
+    assert card["seed"] == 3 and card["held_out_cases"] == ["case-a"]
+    before, after = float(said[1]), candidate.metrics["val_frame_accuracy"]
+    if round(after, 3) < float(said[1]):
+        assert candidate.status == "Rejected" and "regresses" in candidate.reason
+    else:
+        assert candidate.status == "Pending", (before, after, candidate.reason)
+
+    # Holding out a case that is not there, or every case: one clear error each, and nothing
+    # registered.
+    count = len(_registry().versions("phase_model"))
+    assert_user_error(
+        surg(surg_home, *args, "--val-case", "case-z"), "--val-case case-z is not a labelled"
+    )
+    assert_user_error(surg(surg_home, *args, "--val-cases", "4"), "leaves none of the 4")
+    assert len(_registry().versions("phase_model")) == count
+
+
 def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without_any(
     tmp_path: Path, synthetic_case: Path
 ) -> None:
