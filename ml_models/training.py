@@ -184,6 +184,19 @@ def detector_dataset(
     return data
 
 
+def _read_image(path: Path) -> np.ndarray:
+    """A real frame as BGR, or one clear error naming it."""
+    import cv2
+
+    image = cv2.imread(str(path))
+    if image is None:
+        raise InputError(
+            f"{path.name} among the real in-body frames cannot be read as an image; "
+            "remove it or pass another folder."
+        )
+    return image
+
+
 def out_of_body_data(
     cases: list[CaseFrames], real_in_body: list[Path] | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -203,21 +216,9 @@ def out_of_body_data(
         images.append(c.images[keep])
         labels.append(oob[keep])
     if real_in_body:
-        import cv2
-
-        rng = random.Random(seed)
-        picked = rng.sample(real_in_body, min(len(real_in_body), 300))
-        real = []
-        for p in picked:
-            image = cv2.imread(str(p))
-            if image is None:
-                raise InputError(
-                    f"{p.name} among the real in-body frames cannot be read as an image; "
-                    "remove it or pass another folder."
-                )
-            real.append(prepare(image))
-        images.append(np.stack(real))
-        labels.append(np.zeros(len(real), np.int64))
+        picked, _ = split_real_frames(real_in_body, seed)
+        images.append(np.stack([prepare(_read_image(p)) for p in picked]))
+        labels.append(np.zeros(len(picked), np.int64))
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -231,18 +232,58 @@ class DefaultModels:
 
 
 def train_out_of_body(
-    cases: list[CaseFrames], out: Path, real_in_body: list[Path] | None = None, epochs: int = 6
+    cases: list[CaseFrames],
+    out: Path,
+    real_in_body: list[Path] | None = None,
+    epochs: int = 6,
+    seed: int = 0,
 ) -> tuple[Path, dict[str, float]]:
-    """Train the out-of-body classifier; return the weights file and training accuracy."""
+    """Train the out-of-body classifier; return the weights file and training accuracy.
+
+    ``seed`` seeds the training and which real in-body frames (at most 300) join it.
+    """
     from ml_models.events import OutOfBodyClassifier
     from ml_models.frames import predict_proba
 
-    images, labels = out_of_body_data(cases, real_in_body)
+    images, labels = out_of_body_data(cases, real_in_body, seed)
     model = FrameCNN(2)
-    train_classifier(model, images, labels, epochs=epochs)
+    train_classifier(model, images, labels, epochs=epochs, seed=seed)
     acc = float((predict_proba(model, images).argmax(1) == labels).mean())
     OutOfBodyClassifier(model).save(out)
     return out, {"train_accuracy": acc, "frames": float(len(labels))}
+
+
+def split_real_frames(
+    frames: Sequence[Path], seed: int = 0, train: int = 300
+) -> tuple[list[Path], list[Path]]:
+    """(trained on, held out) real in-body frames: ``train`` drawn by ``seed`` (as
+    :func:`out_of_body_data` draws them), up to as many of the rest held out."""
+    frames = list(frames)
+    picked = set(random.Random(seed).sample(frames, min(len(frames), train)))
+    rest = [f for f in frames if f not in picked]
+    return [f for f in frames if f in picked], rest[:train]
+
+
+def evaluate_out_of_body(
+    classifier: Any, cases: Sequence[CaseFrames], real_in_body: Sequence[Path] = ()
+) -> dict[str, float]:
+    """An out-of-body model's held-out scores, decided at its own threshold as the pipeline
+    decides: accuracy on the cases' frames (black frames and colour bars left out, as in
+    training) and, given real in-body frames it was not trained on, the fraction it flags."""
+    from ml_models.frames import prepare
+
+    metrics: dict[str, float] = {}
+    if cases:
+        images, labels = out_of_body_data(list(cases))
+        flagged = classifier.scores(images) >= classifier.threshold
+        metrics["val_accuracy"] = float((flagged == labels.astype(bool)).mean())
+        metrics["val_frames"] = float(len(labels))
+    if real_in_body:
+        real = np.stack([prepare(_read_image(p)) for p in real_in_body])
+        flagged = classifier.scores(real) >= classifier.threshold
+        metrics["val_real_in_body_flagged"] = float(flagged.mean())
+        metrics["val_real_frames"] = float(len(real))
+    return metrics
 
 
 def render_phase_cases(

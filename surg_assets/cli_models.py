@@ -362,14 +362,32 @@ def train_out_of_body_command(
         None,
         "--real-in-body",
         help="A folder of real laparoscopic frames (JPEG/PNG, searched below it), e.g. "
-        "../shared/data/cholec80-tools-yolo: up to 300 join the in-body class.",
+        "../shared/data/cholec80-tools-yolo: up to 300 join the in-body class, and up to 300 "
+        "others score it.",
     ),
+    val_cases: int | None = typer.Option(
+        None,
+        "--val-cases",
+        help="Cases held out to score the model, drawn by --seed (default: one in five, at "
+        "least one when there are two or more; 0 reports training accuracy only).",
+    ),
+    seed: int = typer.Option(0, help="Seed of the training and of the held-out draws."),
     approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
 ) -> None:
     """Train the out-of-body classifier on synthetic cases, and on real in-body frames when
-    given (so that it does not learn "synthetic texture = in body")."""
-    from ml_models.training import sample_cases, train_out_of_body
+    given (so that it does not learn "synthetic texture = in body"). Held-out cases, and real
+    frames it did not train on, score it at its decision threshold; the Approved model is
+    scored on the same frames, and the new one may not be worse."""
+    from ml_models.events import OutOfBodyClassifier
+    from ml_models.training import (
+        evaluate_out_of_body,
+        sample_cases,
+        split_phase_cases,
+        split_real_frames,
+        train_out_of_body,
+    )
     from resources.settings import load_settings
+    from surg_assets.models import approved_model
 
     if data is None:
         data = load_settings().home / "default-training" / "synthetic"
@@ -393,18 +411,56 @@ def train_out_of_body_command(
                 "the --real-in-body folder holds no JPEG or PNG frame; pass a folder of real "
                 "laparoscopic frames."
             )
+    train, held = split_phase_cases(cases, val_cases, seed)
+    held_real = split_real_frames(frames, seed)[1] if frames else []
+    decoded = dict(zip(cases, sample_cases(cases), strict=True))
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
-        path, metrics = train_out_of_body(sample_cases(cases), Path(tmp) / "oob.pt", frames)
+        path, metrics = train_out_of_body(
+            [decoded[c] for c in train], Path(tmp) / "oob.pt", frames, seed=seed
+        )
         if frames:
             err.print(f"{min(300, len(frames))} of {len(frames)} real in-body frames trained on")
+        scored = [decoded[c] for c in held]
+        baseline = None
+        if held or held_real:
+            metrics.update(evaluate_out_of_body(OutOfBodyClassifier.load(path), scored, held_real))
+            err.print(f"held out: {_oob_summary(metrics)}")
+            try:
+                version, weights = approved_model(_registry(), "out_of_body_model")
+            except InputError:  # none Approved and no default weights
+                pass
+            else:
+                current = OutOfBodyClassifier.load(weights)
+                baseline = evaluate_out_of_body(current, scored, held_real)
+                err.print(f"{version.version} on the same frames: {_oob_summary(baseline)}")
         real = f"+real:{real_in_body.name}" if real_in_body is not None else ""
         card = _card(
             "out_of_body_model",
             sys.argv,
             f"cases:{len(cases)}{real}",
             real_in_body_frames=min(300, len(frames)) if frames else 0,
+            seed=seed,
+            held_out_cases=[c.name for c in held],
+            held_out_real_frames=len(held_real),
         )
-        _register("out_of_body_model", path, card, metrics, approve_as)
+        primary = "val_accuracy" if held else "train_accuracy"
+        _register("out_of_body_model", path, card, metrics, approve_as, baseline, primary)
+
+
+def _oob_summary(metrics: dict[str, float]) -> str:
+    """Held-out out-of-body figures in words."""
+    parts = []
+    if "val_accuracy" in metrics:
+        parts.append(
+            f"accuracy {metrics['val_accuracy']:.3f} on {metrics['val_frames']:.0f} frames of "
+            "held-out cases"
+        )
+    if "val_real_in_body_flagged" in metrics:
+        parts.append(
+            f"{metrics['val_real_in_body_flagged']:.3f} of {metrics['val_real_frames']:.0f} "
+            "real in-body frames flagged"
+        )
+    return "; ".join(parts)
 
 
 @models_app.command("list")

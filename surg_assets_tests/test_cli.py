@@ -450,6 +450,49 @@ def test_train_phase_scores_held_out_cases_and_the_approved_model_on_them(
     assert len(_registry().versions("phase_model")) == count
 
 
+def test_train_out_of_body_scores_held_out_cases_and_real_frames_it_never_saw(
+    tmp_path: Path, surg_home: Path, synthetic_case: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ml_models.training import split_real_frames
+    from surg_assets.cli import app
+    from surg_assets.cli_models import _registry
+    from surg_assets_tests.conftest import SHARED_DATA, skip_or_fail
+
+    real = SHARED_DATA / "cholec80-tools-yolo"
+    if not real.is_dir():
+        skip_or_fail(f"real in-body frames not found under {real}")
+    frames = sorted(p for p in real.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    data = tmp_path / "cases"
+    for i in range(3):
+        shutil.copytree(synthetic_case, data / f"case-{i}")
+    args = ["train", "out-of-body", "--data", str(data), "--real-in-body", str(real)]
+    result = CliRunner().invoke(app, [*args, "--val-cases", "1", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # the console wraps long lines
+    trained, held = split_real_frames(frames, seed=2)
+    assert len(trained) == 300 and len(held) == min(300, len(frames) - 300) > 0
+    assert not set(trained) & set(held)
+    said = re.search(
+        r"held out: accuracy ([\d.]+) on (\d+) frames of held-out cases; ([\d.]+) of (\d+) "
+        r"real in-body frames flagged",
+        output,
+    )
+    assert said and int(said[4]) == len(held), output
+    row = _registry().versions("out_of_body_model")[0]
+    assert row.metrics["val_frames"] == int(said[2]) > 0
+    assert row.metrics["val_real_frames"] == len(held)
+    # The Approved default, scored on the same frames, is what the new model may not fall below.
+    before = re.search(r"v1 on the same frames: accuracy ([\d.]+)", output)
+    assert before, output
+    after = row.metrics["val_accuracy"]
+    if after < float(before[1]) - 5e-4:  # the printed figure is rounded to 3 places
+        assert row.status == "Rejected" and "val_accuracy regresses" in row.reason
+    elif after > float(before[1]) + 5e-4:
+        assert row.status == "Pending", row.reason
+
+
 def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without_any(
     tmp_path: Path, synthetic_case: Path
 ) -> None:
