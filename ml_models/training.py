@@ -20,8 +20,8 @@ import yaml
 
 from ml_models.errors import InputError
 from ml_models.formats.cholec import load_cholec80_tools, read_phase_names
-from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
-from ml_models.formats.yolo import yaml_class_names
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, instrument_id
+from ml_models.formats.yolo import names_from_yaml, yaml_class_names
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
 from ml_models.video import probe_video
 
@@ -691,6 +691,44 @@ def train_default_models(
     return result
 
 
+def cholec80_class_ids(names: Sequence[str], source: str) -> dict[int, int]:
+    """A dataset's class index -> Cholec80 instrument id, by name (official spellings too).
+
+    The detector's classes are Cholec80's instruments, numbered its way: tracks, usage, the
+    checks and the reports count those ids, so a dataset naming any other class is refused
+    rather than relabelled by position.
+
+    Raises:
+        InputError: When a name is not a Cholec80 instrument.
+    """
+    ids = {i: instrument_id(n) for i, n in enumerate(names)}
+    unknown = [names[i] for i, c in ids.items() if c is None]
+    if unknown:
+        raise InputError(
+            f"{source} names classes that are not Cholec80 instruments ({', '.join(unknown)}); "
+            f"the detector's classes are {', '.join(INSTRUMENT_CLASSES)}: rename them, or drop "
+            "their labels."
+        )
+    return {i: int(c) for i, c in ids.items() if c is not None}
+
+
+def require_cholec80_yaml(data_yaml: str | Path) -> None:
+    """Refuse a ``data.yaml`` whose classes are not Cholec80's instruments in Cholec80's order
+    (ultralytics trains on its ids as they are, so they must already mean the right thing).
+
+    Raises:
+        InputError: Naming the file and what to change.
+    """
+    path = Path(data_yaml)
+    names, _, _ = _dataset_parts(path)
+    ids = cholec80_class_ids(names, path.name)
+    if any(ids[i] != i for i in ids):
+        raise InputError(
+            f"{path.name} numbers the instruments in another order than Cholec80's "
+            f"({', '.join(names)}); renumber its labels as {', '.join(INSTRUMENT_CLASSES)}."
+        )
+
+
 def boxes_to_segment_dataset(
     source: str | Path, out_dir: str | Path, val_fraction: float = 0.2
 ) -> tuple[Path, dict[str, int]]:
@@ -698,7 +736,9 @@ def boxes_to_segment_dataset(
 
     Boxes become rectangular outlines, which lets the segmentation detector learn boxes and
     classes from box-only labels. Images are found in any ``images*/`` folder and paired with the
-    label file of the same stem in any ``labels/*`` folder. The split is by image, decided by a
+    label file of the same stem in any ``labels/*`` folder. Class ids become Cholec80's by the
+    names in the folder's ``data.yaml`` (:func:`cholec80_class_ids`; without one, they are taken
+    to be Cholec80's already). The split is by image, decided by a
     hash of the file name (:func:`ml_models.datasets.assign_splits`), so it is the same on every
     machine. cholec80-tools-yolo's file names carry no video id (a Label Studio id per image and
     a frame number), so frames of one video can sit on both sides.
@@ -709,6 +749,12 @@ def boxes_to_segment_dataset(
     from ml_models.datasets import assign_splits
 
     src, out = Path(source), Path(out_dir)
+    names = names_from_yaml(src)
+    classes = (
+        cholec80_class_ids(names, f"the data.yaml of {src.name}")
+        if names is not None
+        else {i: i for i in range(len(INSTRUMENT_CLASSES))}
+    )
     if out.exists():
         shutil.rmtree(out)
     images = {p.stem: p for p in src.glob("images*/**/*.jpg")}
@@ -719,11 +765,16 @@ def boxes_to_segment_dataset(
     for stem in stems:
         split = splits[stem]
         lines = []
-        for row in labels[stem].read_text().splitlines():
+        for number, row in enumerate(labels[stem].read_text().splitlines(), 1):
             parts = row.split()
             if len(parts) != 5:
                 continue
-            c, x, y, w, h = int(parts[0]), *map(float, parts[1:])
+            if not parts[0].isdigit() or int(parts[0]) not in classes:
+                raise InputError(
+                    f"{labels[stem].name}, line {number}: class {parts[0]} is not one of the "
+                    f"dataset's {len(classes)} classes; fix the label or the data.yaml's names."
+                )
+            c, (x, y, w, h) = classes[int(parts[0])], map(float, parts[1:])
             x1, y1, x2, y2 = x - w / 2, y - h / 2, x + w / 2, y + h / 2
             lines.append(
                 f"{c} {x1:.6f} {y1:.6f} {x2:.6f} {y1:.6f} {x2:.6f} {y2:.6f} {x1:.6f} {y2:.6f}"

@@ -123,7 +123,11 @@ def train_detector_command(
 ) -> None:
     """Train the instrument detector and register it (Pending unless --approve-as)."""
     from ml_models.detector import evaluate_detector, train_detector
-    from ml_models.training import boxes_to_segment_dataset, with_extra_training
+    from ml_models.training import (
+        boxes_to_segment_dataset,
+        require_cholec80_yaml,
+        with_extra_training,
+    )
     from surg_assets.models import approved_model
 
     extra_yaml = _also_train_yaml(also_train) if also_train else None
@@ -134,6 +138,7 @@ def train_detector_command(
             data_yaml, split = boxes_to_segment_dataset(data, Path(tmp) / "dataset")
             err.print(f"dataset: {split['train']} training and {split['val']} validation images")
         elif data.is_file():
+            require_cholec80_yaml(data)
             data_yaml = data
         else:
             raise InputError(

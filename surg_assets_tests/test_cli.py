@@ -247,6 +247,22 @@ def _real_boxes(tmp_path: Path, images: int = 30) -> Path:
     return data
 
 
+def test_train_detector_refuses_a_dataset_of_other_instruments(tmp_path: Path) -> None:
+    """Class ids are Cholec80's everywhere downstream: another dataset's classes are named in
+    one error, before any training, and nothing is registered."""
+    data = tmp_path / "endovis"
+    (data / "images" / "train").mkdir(parents=True)
+    (data / "data.yaml").write_text(
+        "train: images/train\nval: images/train\nnames:\n  0: Prograsp Forceps\n  1: hook\n"
+    )
+    home = tmp_path / "home"
+    for path in (data, data / "data.yaml"):  # a detect folder, or a data.yaml as it is
+        proc = surg(home, "train", "detector", "--data", str(path), "--epochs", "1")
+        assert_user_error(proc, "names classes that are not Cholec80 instruments")
+        assert "Prograsp Forceps" in proc.stderr
+    assert "v1" not in surg(home, "models", "list", "instrument_detector").stdout
+
+
 def test_train_detector_on_real_boxes_is_judged_against_the_approved_one_on_the_same_split(
     tmp_path: Path,
 ) -> None:

@@ -28,7 +28,9 @@ def yaml_class_names(names: object) -> list[str] | None:
     return None
 
 
-def _names_from_yaml(root: Path) -> list[str] | None:
+def names_from_yaml(root: Path) -> list[str] | None:
+    """The class names of the ``data.yaml`` (or ``dataset.yaml``) in a YOLO dataset folder,
+    or None when it has none."""
     for p in (root / "data.yaml", root / "dataset.yaml"):
         if p.is_file():
             try:
@@ -180,7 +182,7 @@ def load_yolo(
         raise format_error(
             root, "is not a folder", "pass the dataset folder that holds labels/ and images/"
         )
-    names = class_names or _names_from_yaml(root) or list(INSTRUMENT_CLASSES)
+    names = class_names or names_from_yaml(root) or list(INSTRUMENT_CLASSES)
     images: dict[str, list[Path]] = {}
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():

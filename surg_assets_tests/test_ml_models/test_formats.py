@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ml_models.errors import AnnotationFormatError, InputError
@@ -121,6 +122,52 @@ def test_the_real_box_dataset_gets_a_fixed_split_by_image(tmp_path: Path) -> Non
         [x - w / 2, y - h / 2, x + w / 2, y - h / 2, x + w / 2, y + h / 2, x - w / 2, y + h / 2],
         abs=1e-5,
     )
+
+
+def _box_dataset(root: Path, names: list[str], rows: list[str]) -> Path:
+    """A one-image YOLO detect dataset whose data.yaml names ``names``."""
+    import cv2
+
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    cv2.imwrite(str(root / "images" / "train" / "f1.jpg"), np.zeros((32, 48, 3), np.uint8))
+    (root / "labels" / "train" / "f1.txt").write_text("\n".join(rows) + "\n")
+    listed = "\n".join(f"  {i}: {n}" for i, n in enumerate(names))
+    (root / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames:\n{listed}\n")
+    return root
+
+
+def test_box_datasets_become_cholec80_ids_by_name_and_other_classes_are_refused(
+    tmp_path: Path,
+) -> None:
+    from ml_models.training import boxes_to_segment_dataset, require_cholec80_yaml
+
+    # Cholec80's instruments in another order, in the official file spelling: ids by name.
+    rows = ["0 0.5 0.5 0.2 0.2", "1 0.3 0.3 0.1 0.1"]
+    ok = _box_dataset(tmp_path / "ok", ["Hook", "SpecimenBag"], rows)
+    data, counts = boxes_to_segment_dataset(ok, tmp_path / "out")
+    side = "train" if counts["train"] else "val"
+    written = (data.parent / "labels" / side / "f1.txt").read_text().splitlines()
+    assert [int(r.split()[0]) for r in written] == [
+        INSTRUMENT_CLASSES.index("hook"),
+        INSTRUMENT_CLASSES.index("specimen_bag"),
+    ]
+    # A data.yaml ultralytics would read as it is must already number them Cholec80's way.
+    with pytest.raises(InputError, match="numbers the instruments in another order"):
+        require_cholec80_yaml(ok / "data.yaml")
+    # Another dataset's instruments are not relabelled by position: one error naming them.
+    other = _box_dataset(tmp_path / "endovis", ["Prograsp Forceps", "hook"], rows)
+    with pytest.raises(InputError, match=r"names classes that are not Cholec80 instruments "
+                       r"\(Prograsp Forceps\)"):  # fmt: skip
+        boxes_to_segment_dataset(other, tmp_path / "out2")
+    with pytest.raises(InputError, match="Prograsp Forceps"):
+        require_cholec80_yaml(other / "data.yaml")
+    # A label whose class the data.yaml does not list: the file and line are named.
+    bad = _box_dataset(tmp_path / "bad", ["grasper"], ["0 0.5 0.5 0.2 0.2", "4 0.5 0.5 0.1 0.1"])
+    with pytest.raises(InputError, match="f1.txt, line 2: class 4 is not one of the dataset's 1"):
+        boxes_to_segment_dataset(bad, tmp_path / "out3")
+    cholec = _box_dataset(tmp_path / "cholec", list(INSTRUMENT_CLASSES), rows)
+    require_cholec80_yaml(cholec / "data.yaml")  # Cholec80's own order passes
 
 
 def test_joined_training_data_reads_both_training_splits_and_validates_on_the_first(
