@@ -337,6 +337,20 @@ def test_a_case_of_another_procedure_is_relabelled_in_its_own_phases(
     stored = [(g["phase_id"], g["phase_name"]) for g in rows[0]]
     assert stored == [(0, "submuc_inject"), (2, "myotomy")]
     page.screenshot(path=str(artifacts / "phases-poem-corrected.png"))
+    # The case list's phase filter offers the procedure's phases beside Cholec80's, and finds
+    # the case by one of them.
+    page.goto(f"{site.url}/#/cases")
+    page.wait_for_selector(f"#case-rows tr[data-case='{case_id}']")
+    page.wait_for_selector(
+        "#case-filters select[name=phase] option[value='tunnel']", state="attached"
+    )
+    page.select_option("#case-filters select[name=phase]", "tunnel")
+    page.fill("#case-filters input[name=min_phase_s]", "1")
+    page.click("#case-filters button[type=submit]")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#case-rows tr[data-case]').length === 1"
+    )
+    assert page.locator("#case-rows tr[data-case]").get_attribute("data-case") == case_id
     assert not errors, errors
     context.close()
 

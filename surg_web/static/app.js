@@ -186,6 +186,13 @@ function renderCases (view) {
       el('td', { class: 'muted', text: Object.entries(c.phase_durations_s || {}).map(([p, s]) => `${p} ${hms(s)}`).join(', ') }),
       el('td', { text: (c.instruments || []).join(', ') }))))
     if (!rows.length) tbody.append(el('tr', {}, el('td', { colspan: 7, class: 'muted', text: 'no cases match' })))
+    // The phase filter offers Cholec80's phases and any other procedure's the listed cases show.
+    const known = new Set([...f.phase.options].map((o) => o.value))
+    for (const c of rows) {
+      for (const p of Object.keys(c.phase_durations_s || {})) {
+        if (!known.has(p)) { known.add(p); f.phase.append(el('option', { value: p, text: p })) }
+      }
+    }
   }
   filters.addEventListener('submit', (ev) => { ev.preventDefault(); load() })
   load()
