@@ -160,7 +160,14 @@ def test_upload_analyse_review_and_correct_a_real_clip_in_chromium(
 
     # Part 1 arrives, the rest hang: then the page is reloaded in the middle of the upload.
     page.wait_for_function("() => document.querySelectorAll('#case-rows tr[data-case]').length")
-    _wait_until(page, lambda: puts["part-00001"] == 1 and len(held) >= 2)
+    _wait_until(
+        page,
+        lambda: puts["part-00001"] == 1 and len(held) >= 2,
+        state=lambda: (
+            f"PUTs finished {dict(puts)}, parts held {len(held)}, last audit "
+            f"entries {_audit(site)[-3:]}"
+        ),
+    )
     assert set(puts) == {"part-00001"}, puts
     page.screenshot(path=str(artifacts / "upload-interrupted.png"))
     for route in held:
@@ -379,13 +386,16 @@ def _relabel_segment(
         return options, selected, [r.payload["segments"] for r in rows]
 
 
-def _wait_until(page: Any, condition: Any, timeout_s: float = 60.0) -> None:
-    """Poll a Python-side condition while Playwright keeps the page's events flowing."""
+def _wait_until(
+    page: Any, condition: Any, timeout_s: float = 60.0, state: Any = lambda: ""
+) -> None:
+    """Poll a Python-side condition while Playwright keeps the page's events flowing; on
+    timeout, say what ``state()`` reports (what was seen instead)."""
     for _ in range(int(timeout_s * 10)):
         if condition():
             return
         page.wait_for_timeout(100)
-    raise AssertionError("condition not reached in time")
+    raise AssertionError(f"condition not reached in {timeout_s:g} s; {state()}")
 
 
 def _analyse_as_the_daemon_would(site: WebServer, case_id: str, page: Any) -> Any:
