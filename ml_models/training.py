@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -24,6 +24,10 @@ from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, instrument_id
 from ml_models.formats.yolo import names_from_yaml, yaml_class_names
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
 from ml_models.video import probe_video
+
+if TYPE_CHECKING:
+    from ml_models.events import OutOfBodyClassifier
+    from ml_models.phases import PhaseModel
 
 Log = Callable[[str], None]
 # Called once per unit of training progress, with what was just done (progress bars).
@@ -265,7 +269,9 @@ def split_real_frames(
 
 
 def evaluate_out_of_body(
-    classifier: Any, cases: Sequence[CaseFrames], real_in_body: Sequence[Path] = ()
+    classifier: OutOfBodyClassifier,
+    cases: Sequence[CaseFrames],
+    real_in_body: Sequence[Path] = (),
 ) -> dict[str, float]:
     """An out-of-body model's held-out scores, decided at its own threshold as the pipeline
     decides: accuracy on the cases' frames (black frames and colour bars left out, as in
@@ -419,7 +425,7 @@ def split_phase_cases(
 
 
 def evaluate_phases(
-    model: Any, cases: Sequence[CaseFrames], min_segment_s: float = 10.0
+    model: PhaseModel, cases: Sequence[CaseFrames], min_segment_s: float = 10.0
 ) -> dict[str, float]:
     """A phase model's scores on decoded labelled cases, as the pipeline would read them.
 
