@@ -228,6 +228,7 @@ def train_phase_command(
     val_cases: int | None = typer.Option(
         None,
         "--val-cases",
+        min=0,
         help="Cases held out to score the model, drawn by --seed (default: one in five, at "
         "least one when there are two or more; 0 trains on every case and reports training "
         "accuracy only).",
@@ -373,6 +374,7 @@ def train_out_of_body_command(
     val_cases: int | None = typer.Option(
         None,
         "--val-cases",
+        min=0,
         help="Cases held out to score the model, drawn by --seed (default: one in five, at "
         "least one when there are two or more; 0 reports training accuracy only).",
     ),

@@ -463,6 +463,7 @@ def test_train_phase_scores_held_out_cases_and_the_approved_model_on_them(
         surg(surg_home, *args, "--val-case", "case-z"), "--val-case case-z is not a labelled"
     )
     assert_user_error(surg(surg_home, *args, "--val-cases", "4"), "leaves none of the 4")
+    assert_user_error(surg(surg_home, *args, "--val-cases", "-1"), "'--val-cases'")
     assert len(_registry().versions("phase_model")) == count
 
 
