@@ -217,6 +217,28 @@ class PhaseModel:
             path,
         )
 
+    def read_case(
+        self,
+        feats: np.ndarray,
+        min_segment_s: float = 10.0,
+        whole_case_decoding: bool = True,
+        whole_case_min_s: float = 120.0,
+        device: str = "cpu",
+    ) -> tuple[np.ndarray, list[PhaseSegment], bool]:
+        """A video's per-second probabilities, its smoothed segments, and whether it was read
+        as a whole case: how ``phase_timeline`` reads a case, and how training scores one.
+
+        A video of at least ``whole_case_min_s`` is a whole case (with ``whole_case_decoding``):
+        the offline model reads it and its phase path is decoded under the training prior.
+        A shorter one is an excerpt, read causally: where a phase falls in a case says nothing
+        about a clip cut from its middle. No segment is shorter than ``min_segment_s``.
+        """
+        step = 1.0 / self.sample_fps
+        whole = whole_case_decoding and len(feats) * step >= whole_case_min_s
+        probs = self.predict_features(feats, causal=not whole, device=device)
+        prior = self.prior if whole else None
+        return probs, segments_from_probabilities(probs, step, min_segment_s, prior), whole
+
     def embed_video(self, video: str | Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
         """(times (T,), embeddings (T, feature_dim)) of a video sampled at the model's rate,
         embedded as it is decoded (the frames are never all held)."""

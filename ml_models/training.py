@@ -429,25 +429,26 @@ def evaluate_phases(
 ) -> dict[str, float]:
     """A phase model's scores on decoded labelled cases, as the pipeline would read them.
 
-    Each case is read whole and smoothed as ``phase_timeline`` does (the model's phase-order
-    prior, no segment shorter than ``min_segment_s``), and compared second by second with its
-    labels in the model's own vocabulary. ``val_frame_accuracy`` counts every second of every
+    Each case is read and smoothed as ``phase_timeline`` reads it (:meth:`PhaseModel.read_case`:
+    a whole case under the model's phase-order prior, a short video causally; no segment
+    shorter than ``min_segment_s``), and compared second by second with its labels in the
+    model's own vocabulary. ``val_frame_accuracy`` counts every second of every
     case; ``val_mean_jaccard`` is the mean over cases of the mean Jaccard over the phases each
     shows (as ``bench/phase_quality.py`` reports).
 
     Raises:
         InputError: When a case names a phase the model does not know.
     """
+    from ml_models.frames import embed_images
     from ml_models.metrics.phases import phase_metrics
-    from ml_models.phases import segments_from_probabilities
 
     hits, jaccards, seconds = [], [], 0
     step = 1.0 / model.sample_fps
     for c in cases:
         labels = phase_labels_at(c.case_dir, c.times, model.phases)
-        probs = model.predict_images(c.images)
+        _, segments, _ = model.read_case(embed_images(model.encoder, c.images), min_segment_s)
         pred = np.zeros(len(labels), np.int64)
-        for seg in segments_from_probabilities(probs, step, min_segment_s, model.prior):
+        for seg in segments:
             pred[int(round(seg.start_s / step)) : int(round(seg.end_s / step))] = seg.phase_id
         scores = phase_metrics(labels, pred, fps=model.sample_fps, num_phases=len(model.phases))
         hits.append(labels == pred)

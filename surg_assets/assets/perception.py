@@ -396,7 +396,7 @@ def phase_timeline(
 ) -> dg.MaterializeResult:
     """Two-stage recognition (frame CNN + MS-TCN) at one frame per second."""
     from ml_models.detector import resolve_device
-    from ml_models.phases import PhaseModel, segments_from_probabilities
+    from ml_models.phases import PhaseModel
 
     started = time.perf_counter()
     case_id = context.partition_key
@@ -407,13 +407,15 @@ def phase_timeline(
     with blob_store.local_copy(processed_video_key(case_id)) as video:
         # Embedded while decoding: only the per-second features of the case are held.
         times, feats = model.embed_video(video, device)
-    step = 1.0 / model.sample_fps
-    whole_case = config.whole_case_decoding and len(times) * step >= config.whole_case_min_s
-    probs = model.predict_features(feats, causal=not whole_case, device=device)
-    prior = model.prior if whole_case else None
+    probs, segments, whole_case = model.read_case(
+        feats,
+        config.min_segment_s,
+        config.whole_case_decoding,
+        config.whole_case_min_s,
+        device,
+    )
     # Bundles from before the offline model read whole cases causally too; say which it was.
     reader = "offline TCN" if model.offline is not None else "causal TCN"
-    segments = segments_from_probabilities(probs, step, config.min_segment_s, prior)
     phases = table_from_rows(
         PHASES,
         [
@@ -452,7 +454,9 @@ def phase_timeline(
             "segments": phases.num_rows,
             "seconds_analysed": len(times),
             "decoding": (
-                f"whole case: {reader}, training prior" if prior is not None else "causal argmax"
+                f"whole case: {reader}, training prior"
+                if whole_case and model.prior is not None
+                else "causal argmax"
             ),
             "model_version": model_version,
             "device": device,
