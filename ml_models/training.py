@@ -401,11 +401,12 @@ def train_phases(
     return out, {"train_frame_accuracy": acc, "videos": float(len(videos))}
 
 
-def split_phase_cases(
+def hold_out_cases(
     cases: Sequence[Path], val_cases: int | None = None, seed: int = 0
 ) -> tuple[list[Path], list[Path]]:
-    """(training, held-out) case folders: ``val_cases`` of them drawn by ``seed`` (default one
-    in five, at least one when there are two or more cases), the rest in their given order.
+    """(training, held-out) case folders, for any model trained on whole cases (phases,
+    out-of-body): ``val_cases`` of them drawn by ``seed`` (default one in five, at least one
+    when there are two or more cases), the rest in their given order.
 
     Raises:
         InputError: When no case would be left to train on.

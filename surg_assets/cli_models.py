@@ -252,9 +252,9 @@ def train_phase_command(
     from ml_models.phases import PhaseModel
     from ml_models.training import (
         evaluate_phases,
+        hold_out_cases,
         phase_vocabulary,
         sample_cases,
-        split_phase_cases,
         train_phases,
     )
 
@@ -283,7 +283,7 @@ def train_phase_command(
         if not train:
             raise InputError("--val-case holds out every labelled case; leave one to train on.")
     else:
-        train, held = split_phase_cases(cases, val_cases, seed)
+        train, held = hold_out_cases(cases, val_cases, seed)
     err.print(f"{len(cases)} labelled cases; phases: {', '.join(phases)}")
     err.print(
         f"training on {len(train)} cases, scoring on {len(held)} held out"
@@ -388,8 +388,8 @@ def train_out_of_body_command(
     from ml_models.events import OutOfBodyClassifier
     from ml_models.training import (
         evaluate_out_of_body,
+        hold_out_cases,
         sample_cases,
-        split_phase_cases,
         split_real_frames,
         train_out_of_body,
     )
@@ -418,7 +418,7 @@ def train_out_of_body_command(
                 "the --real-in-body folder holds no JPEG or PNG frame; pass a folder of real "
                 "laparoscopic frames."
             )
-    train, held = split_phase_cases(cases, val_cases, seed)
+    train, held = hold_out_cases(cases, val_cases, seed)
     held_real = split_real_frames(frames, seed)[1] if frames else []
     decoded = dict(zip(cases, sample_cases(cases), strict=True))
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
