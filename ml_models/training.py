@@ -20,7 +20,7 @@ import yaml
 
 from ml_models.errors import InputError
 from ml_models.formats.cholec import load_cholec80_tools, read_phase_names
-from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, instrument_id
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, instrument_id, vocabulary_of
 from ml_models.formats.yolo import names_from_yaml, yaml_class_names
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
 from ml_models.video import probe_video
@@ -82,12 +82,7 @@ def phase_vocabulary(case_dirs: list[Path]) -> list[str]:
     procedure's phases are numbered in the order they first appear, case by case: the
     vocabulary comes from the training data.
     """
-    seen: dict[str, None] = {}
-    for d in case_dirs:
-        seen.update(dict.fromkeys(read_phase_names(d / "phase.txt")[1]))
-    if set(seen) <= set(PHASES):
-        return list(PHASES)
-    return list(seen)
+    return vocabulary_of(n for d in case_dirs for n in read_phase_names(d / "phase.txt")[1])
 
 
 def phase_labels_at(

@@ -7,6 +7,7 @@ so a class id means the same thing in a YOLO label, a MOT file, a catalog row an
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 INSTRUMENT_CLASSES: tuple[str, ...] = (
     "grasper",
@@ -84,3 +85,23 @@ def phase_id(name: str) -> int | None:
         The phase id 0-6, or None when the name is not a Cholec80 phase.
     """
     return _PHASE_BY_KEY.get(_key(name))
+
+
+def vocabulary_of(names: Iterable[str]) -> list[str]:
+    """The phase vocabulary of labels read in order, as a model numbers it.
+
+    Cholec80's seven in their order when every name is one of them (in either spelling; a phase
+    none of the labels shows keeps its number, so reports stay comparable); otherwise each name
+    numbered where it first appears: another procedure's vocabulary comes from its labels.
+    """
+    seen = dict.fromkeys(names)
+    if all(phase_id(n) is not None for n in seen):
+        return list(PHASES)
+    return list(seen)
+
+
+def phase_index(name: str, vocabulary: list[str] | tuple[str, ...]) -> int | None:
+    """The id of a phase name in a vocabulary (Cholec80's names in either spelling), or None."""
+    if list(vocabulary) == list(PHASES):
+        return phase_id(name)
+    return vocabulary.index(name) if name in vocabulary else None

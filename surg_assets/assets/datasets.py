@@ -30,7 +30,7 @@ from ml_models.datasets import (
     sha256_file,
     yolo_seg_lines,
 )
-from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, phase_id
+from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, phase_index, vocabulary_of
 from resources import datasets as snapshots
 from resources.blob_store import BlobStore
 from resources.catalog import Annotation, Catalog
@@ -300,32 +300,34 @@ def _seconds(r: dict[str, Any], key_s: str, key_frame: str, fps: float) -> float
 
 def phase_intervals(
     rows: list[dict[str, Any]], fps: float
-) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]], list[int]]:
-    """One case's phase and out-of-body intervals, and the annotation ids they came from.
+) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, int]], list[int]]:
+    """One case's phase intervals by phase name, its out-of-body intervals, and the ids of the
+    annotations they came from.
 
-    The newest live reviewer timeline wins over imported phase intervals. The dataset numbers
-    Cholec80's phases, so a reviewed segment counts by its name: the id stored beside it is
-    the case's own vocabulary's (POEM's "myotomy" is its id 2, which here would read as
-    "Clipping and cutting"), and a phase that is not Cholec80's is left out.
+    The newest live reviewer timeline wins over imported phase intervals. Phases go by name: the
+    id stored beside a reviewed segment is the case's own vocabulary's (POEM's "myotomy" is its
+    id 2, which Cholec80 numbers "Clipping and cutting"), so only the name says which phase it is.
     """
     review = [r for r in rows if r["source"] == "review" and r["kind"] == "phase"]
-    phases: list[tuple[float, float, int]] = []
+    phases: list[tuple[float, float, str]] = []
     ids: list[int] = []
     if review:
         latest = review[-1]
         for seg in latest["payload"].get("segments", []):
-            pid = phase_id(seg.get("phase_name") or "")
-            if pid is not None:
-                phases.append((float(seg["start_s"]), float(seg["end_s"]), int(pid)))
+            if seg.get("phase_name"):
+                phases.append((float(seg["start_s"]), float(seg["end_s"]), seg["phase_name"]))
         ids.append(latest["id"])
     else:
         for r in rows:
             if r["source"] == "import" and r["kind"] == "phase":
-                pid = r["payload"].get("phase_id")
+                p = r["payload"]
+                # Cholec80's importer stores the id; other sources keep only their own name.
+                pid = p.get("phase_id")
+                name = PHASES[pid] if pid is not None else p.get("class_name")
                 start = _seconds(r, "t_s", "frame_index", fps)
                 end = _seconds(r, "end_s", "end_frame", fps)
-                if pid is not None and start is not None and end is not None:
-                    phases.append((start, end, int(pid)))
+                if name and start is not None and end is not None:
+                    phases.append((start, end, name))
                     ids.append(r["id"])
     oob = []
     for r in rows:
@@ -338,6 +340,12 @@ def phase_intervals(
     return phases, oob, ids
 
 
+class PhaseDatasetConfig(DatasetConfig):
+    """A phase dataset holds one procedure's cases: its model numbers that procedure's phases."""
+
+    procedure: str = "cholecystectomy"
+
+
 @dg.asset(
     group_name="training",
     kinds={"dataset", "numpy"},
@@ -345,11 +353,16 @@ def phase_intervals(
 )
 def phase_dataset(
     context: dg.AssetExecutionContext,
-    config: DatasetConfig,
+    config: PhaseDatasetConfig,
     blob_store: BlobStore,
     catalog: Catalog,
 ) -> dg.MaterializeResult:
-    """Build ``datasets/phase_dataset/v{N}/``: per case and split, ``frames.npy`` + labels."""
+    """Build ``datasets/phase_dataset/v{N}/``: per case and split, ``frames.npy`` + labels.
+
+    Only cases of ``config.procedure`` go in. Their phase names make the vocabulary the model
+    will number (``classes`` in the manifest): Cholec80's seven for cholecystectomy labels,
+    another procedure's phases in the order they first appear.
+    """
     from ml_models.frames import frames_per_second
     from ml_models.video import inspect_layout
 
@@ -361,10 +374,12 @@ def phase_dataset(
             skipped["no case"] += 1
         else:
             by_case[str(r["case_id"])].append(r)
-    labelled: dict[
-        str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[int]]
-    ] = {}
+    named: dict[str, tuple[np.ndarray, np.ndarray, list[tuple[float, float, str]], Any]] = {}
     for case_id, case_rows in sorted(by_case.items()):
+        case = catalog.get_case(case_id)
+        if ((case.procedure if case else None) or "cholecystectomy") != config.procedure:
+            skipped[f"case of another procedure than {config.procedure}"] += len(case_rows)
+            continue
         key = processed_video_key(case_id)
         if not blob_store.exists(key):
             skipped["case video not in the lake"] += len(case_rows)
@@ -376,14 +391,22 @@ def phase_dataset(
                 skipped["case without phase labels"] += len(case_rows)
                 continue
             times, images = frames_per_second(video, 1.0)
-        labels = labels_per_second(times, phases)
+        named[case_id] = (times, images, sorted(phases), (oob, ids))
+    vocabulary = vocabulary_of(n for *_, phases, _ in named.values() for *_, n in phases)
+    labelled: dict[
+        str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[int]]
+    ] = {}
+    for case_id, (times, images, phases, (oob, ids)) in named.items():
+        numbered = [(a, b, phase_index(n, vocabulary)) for a, b, n in phases]
+        labels = labels_per_second(times, [(a, b, i) for a, b, i in numbered if i is not None])
         keep = labels >= 0
         flags = labels_per_second(times, oob, 0)[keep] if oob else None
         labelled[case_id] = (times[keep], images[keep], labels[keep], flags, sorted(ids))
     if not labelled:
         raise dg.Failure(
-            description="phase_dataset: no case in the lake has phase labels; import a phase "
-            "file for a case (`surg annotations import`) or correct a timeline in the review app.",
+            description=f"phase_dataset: no {config.procedure} case in the lake has phase "
+            "labels; import a phase file for a case (`surg annotations import`), correct a "
+            "timeline in the review app, or set the procedure in the run config.",
             allow_retries=False,
         )
     split: dict[str, str] = {}
@@ -420,10 +443,11 @@ def phase_dataset(
             if len(labelled) >= 2
             else f"single case: by {SINGLE_CASE_BLOCK_S:g} s block (sha1 of case:block)",
             val_fraction=config.val_fraction,
-            classes=list(PHASES),
+            classes=vocabulary,
             cases=sorted(labelled),
             rows=rows,
             extra={
+                "procedure": config.procedure,
                 "seconds": {c: int(len(v[0])) for c, v in labelled.items()},
                 "out_of_body_cases": sorted(c for c, v in labelled.items() if v[3] is not None),
             },

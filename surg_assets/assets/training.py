@@ -14,9 +14,9 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
@@ -33,6 +33,9 @@ from resources.settings import env_float
 from surg_assets.assets.datasets import detector_dataset, phase_dataset
 from surg_assets.models import approved_model
 from surg_assets.placement import GPU_OP_TAGS, GPU_POOL
+
+if TYPE_CHECKING:  # torch loads only where a model trains
+    from ml_models.phases import PhaseModel
 
 EVALUATION_CHECK = "evaluation_clears_gates"
 
@@ -150,8 +153,13 @@ def _govern(
     registry: ModelRegistry,
     catalog: Catalog,
     tracked: _Tracked,
+    baseline: dict[str, float] | None = None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Register under governance, audit the decision, and report materialization + check."""
+    """Register under governance, audit the decision, and report materialization + check.
+
+    ``baseline``: the Approved version's metrics on the same held-out data (``{}``: nothing
+    comparable); None compares with the metrics it was registered with.
+    """
     dataset_version = f"{manifest['name']}:{manifest['version']}"
     gates = thresholds(name)
     row = registry.register_candidate(
@@ -163,6 +171,7 @@ def _govern(
         thresholds=gates,
         dataset_version=dataset_version,
         auto_approve=auto_approve(),
+        baseline=baseline,
     )
     AuditLog(catalog).record(
         row.decided_by or "evaluation",
@@ -391,27 +400,31 @@ def phase_model(
         )
         videos = [(f, np.asarray(lab["phase_ids"], np.int64)) for f, lab in splits["train"]]
         started = time.perf_counter()
+        # The snapshot's vocabulary: Cholec80's phases, or another procedure's (older
+        # snapshots predate the field and hold Cholec80's).
+        vocabulary = list(manifest.get("classes") or PHASES)
         model = train_phase_model(
             videos,
-            list(PHASES),
+            vocabulary,
             encoder_epochs=config.encoder_epochs,
             temporal_epochs=config.temporal_epochs,
             seed=config.seed,
             log=context.log.info,
         )
 
-        def accuracy(side: str) -> float:
+        def accuracy(judged: "PhaseModel", side: str) -> float:
             hits = [
-                model.predict_images(f).argmax(1) == np.asarray(lab["phase_ids"])
+                judged.predict_images(f).argmax(1) == np.asarray(lab["phase_ids"])
                 for f, lab in splits[side]
             ]
             return float(np.mean(np.concatenate(hits)))
 
         metrics = {
-            "val_frame_accuracy": accuracy("val"),
-            "train_frame_accuracy": accuracy("train"),
+            "val_frame_accuracy": accuracy(model, "val"),
+            "train_frame_accuracy": accuracy(model, "train"),
             "val_seconds": float(sum(len(f) for f, _ in splits["val"])),
         }
+        baseline = _phase_baseline(registry, vocabulary, lambda m: accuracy(m, "val"), context)
         tracked.log(metrics)
         weights = Path(tmp) / "phase_model.pt"
         model.save(weights)
@@ -423,6 +436,8 @@ def phase_model(
             hyperparameters=config.model_dump(),
             train_seconds=round(time.perf_counter() - started, 1),
             evaluation="frame accuracy at 1 fps on the snapshot's held-out split",
+            procedure=manifest.get("procedure", "cholecystectomy"),
+            phases=vocabulary,
             onnx={
                 "input": "frames (T, 3, 96, 96), normalised",
                 "output": "(T, phases) of the offline temporal model (the whole video at once)",
@@ -438,7 +453,28 @@ def phase_model(
             registry,
             catalog,
             tracked,
+            baseline,
         )
+
+
+def _phase_baseline(
+    registry: ModelRegistry,
+    vocabulary: list[str],
+    score: "Callable[[PhaseModel], float]",
+    context: dg.AssetExecutionContext,
+) -> dict[str, float] | None:
+    """The Approved phase model's accuracy on the same held-out seconds; ``{}`` when it numbers
+    other phases (a cholecystectomy model says nothing about POEM), None when there is none."""
+    from ml_models.phases import PhaseModel
+
+    if registry.newest_approved("phase_model") is None:
+        return None
+    version, weights = registry.approved_file("phase_model")
+    current = PhaseModel.load(weights)
+    if list(current.phases) != vocabulary:
+        context.log.info(f"phase_model {version.version} knows other phases: not compared")
+        return {}
+    return {"val_frame_accuracy": score(current)}
 
 
 @dg.asset(

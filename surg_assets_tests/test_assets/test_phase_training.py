@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -11,13 +12,16 @@ import torch
 
 from ml_models.events import OutOfBodyClassifier
 from ml_models.formats import load_annotations
+from ml_models.formats.cholec80 import PHASES, phase_index, vocabulary_of
 from ml_models.frames import predict_proba, to_tensor
 from ml_models.phases import PhaseModel
 from resources import datasets as snapshots
+from resources.registry import ModelRegistry
 from resources.settings import load_settings
 from surg_assets.assets.datasets import detector_dataset, phase_dataset, phase_intervals
 from surg_assets.assets.ingest import processed_video_key
-from surg_assets.assets.training import out_of_body_model, phase_model
+from surg_assets.assets.training import _phase_baseline, out_of_body_model, phase_model
+from surg_assets.models import default_weights_file
 from surg_assets.settings import build_resources
 
 CASE = "c00000000000000d1"
@@ -49,6 +53,7 @@ def test_phase_labels_train_both_models_from_one_snapshot(
     assert result.success
     manifest = snapshots.read_manifest(blob_store, "phase_dataset")
     assert manifest["version"] == "v1" and manifest["out_of_body_cases"] == [CASE]
+    assert manifest["classes"] == list(PHASES) and manifest["procedure"] == "cholecystectomy"
     assert manifest["split_sizes"]["val"] >= 1 and manifest["split_sizes"]["train"] >= 1
     # One frame per labelled second, split in 10 s blocks of the single case.
     folder = surg_home / "snapshot"
@@ -100,7 +105,7 @@ def test_a_dataset_without_labelled_frames_fails_with_what_to_do(surg_home: Path
     assert snapshots.versions(resources["blob_store"], "detector_dataset") == []
 
 
-def test_reviewed_phases_enter_the_dataset_by_their_cholec80_name() -> None:
+def test_reviewed_phases_enter_the_dataset_by_their_name() -> None:
     """The stored id of a reviewed segment is the case's own vocabulary's: another procedure's
     phase must not become the Cholec80 phase that shares its number."""
 
@@ -110,8 +115,107 @@ def test_reviewed_phases_enter_the_dataset_by_their_cholec80_name() -> None:
         ]
         return {"id": 9, "source": "review", "kind": "phase", "payload": {"segments": payload}}
 
-    cholec = review((2, "Clipping and cutting", 0.0, 5.0), (None, "Preparation", 5.0, 9.0))
-    assert phase_intervals([cholec], 25.0)[0] == [(0.0, 5.0, 2), (5.0, 9.0, 0)]
     poem = review((0, "submuc_inject", 0.0, 5.0), (2, "myotomy", 5.0, 9.0))
     phases, _, ids = phase_intervals([poem], 25.0)
-    assert phases == [] and ids == [9]
+    assert phases == [(0.0, 5.0, "submuc_inject"), (5.0, 9.0, "myotomy")] and ids == [9]
+    # Numbered in the snapshot's vocabulary, never by the stored id.
+    vocabulary = vocabulary_of(n for *_, n in phases)
+    assert [phase_index(n, vocabulary) for *_, n in phases] == [0, 1]
+    cholec = review((2, "Clipping and cutting", 0.0, 5.0), (None, "Preparation", 5.0, 9.0))
+    phases, _, _ = phase_intervals([cholec], 25.0)
+    vocabulary = vocabulary_of(n for *_, n in phases)
+    assert vocabulary == list(PHASES)
+    assert [phase_index(n, vocabulary) for *_, n in phases] == [2, 0]
+    # Cholec80's file spelling is the same phase.
+    assert phase_index("CalotTriangleDissection", vocabulary) == 1
+
+
+def _approve_cholecystectomy_model_claiming_perfect_accuracy(registry: ModelRegistry) -> None:
+    """The shipped phase model, Approved with a score no candidate can beat."""
+    registry.register(
+        "phase_model",
+        {"weights.pt": default_weights_file("phase_model")},
+        card={"name": "phase_model"},
+        metrics={"val_frame_accuracy": 1.0},
+        status="Approved",
+        decided_by="bootstrap",
+    )
+
+
+POEM_STEPS = ("submuc_inject", "muc_incis", "tunnel", "myotomy", "mucos_close", "clip", "other")
+
+
+def test_a_procedures_cases_make_a_dataset_and_model_in_its_own_phases(
+    surg_home: Path, synthetic_case: Path
+) -> None:
+    """The retraining loop serves any procedure: phase_dataset takes the configured
+    procedure's cases, numbers their phases in the order they first appear, and phase_model
+    learns those names. The Approved cholecystectomy model is not its yardstick."""
+    resources = build_resources(load_settings())
+    catalog, blob_store, registry = (resources[k] for k in ("catalog", "blob_store", "registry"))
+    poem_case = "c00000000000000e2"
+    # An Approved cholecystectomy model claiming a perfect score: compared with it, any
+    # POEM candidate would read as a regression.
+    _approve_cholecystectomy_model_claiming_perfect_accuracy(registry)
+    records = load_annotations(synthetic_case / "phase.txt", fps=25).to_records()
+    for case_id, procedure in ((CASE, "cholecystectomy"), (poem_case, "poem")):
+        catalog.ensure_case(case_id, procedure=procedure)
+        blob_store.put_file(processed_video_key(case_id), synthetic_case / "video.mp4")
+        rows = [{**r, "case_id": case_id} for r in records]
+        if procedure == "poem":  # the same intervals, named as POEMNet's annotators name them
+            rows = [{**r, "class_name": POEM_STEPS[r["phase_id"]], "phase_id": None} for r in rows]
+        catalog.add_annotations(rows, dataset=f"{procedure}-labels", author="lab")
+    expected = list(dict.fromkeys(POEM_STEPS[r["phase_id"]] for r in records))
+    assert len(expected) >= 2
+    run_config = {
+        "ops": {
+            "phase_dataset": {"config": {"procedure": "poem"}},
+            "phase_model": {"config": {"encoder_epochs": 1, "temporal_epochs": 5}},
+        }
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [phase_dataset, phase_model],
+            instance=instance,
+            resources=resources,
+            run_config=run_config,
+        )
+    assert result.success
+    manifest = snapshots.read_manifest(blob_store, "phase_dataset")
+    assert manifest["cases"] == [poem_case] and manifest["procedure"] == "poem"
+    assert manifest["classes"] == expected
+    # Every second carries the id of its POEM name, not the Cholec80 id it was imported with.
+    folder = surg_home / "poem-snapshot"
+    snapshots.download(blob_store, manifest, folder)
+    starts = sorted((r["t_s"], POEM_STEPS[r["phase_id"]]) for r in records)
+    for labels_file in folder.rglob("labels.json"):
+        labels = json.loads(labels_file.read_text())
+        for t, got in zip(labels["times"], labels["phase_ids"], strict=True):
+            name = [n for start, n in starts if start <= t][-1]
+            assert got == expected.index(name)
+    (poem_version,) = [v for v in registry.versions("phase_model") if v.version != "v1"]
+    assert poem_version.status == "Pending" and not poem_version.reason
+    prefix = f"models/phase_model/{poem_version.version}"
+    card = json.loads(blob_store.get_bytes(f"{prefix}/model_card.json"))
+    assert card["phases"] == expected and card["procedure"] == "poem"
+    with blob_store.local_copy(f"{prefix}/weights.pt") as pt:
+        assert list(PhaseModel.load(pt).phases) == expected
+
+
+def test_the_approved_phase_model_is_scored_on_the_same_seconds_when_it_knows_the_phases(
+    surg_home: Path,
+) -> None:
+    registry = build_resources(load_settings())["registry"]
+    context = dg.build_asset_context()
+    assert _phase_baseline(registry, list(PHASES), lambda m: 0.5, context) is None
+    _approve_cholecystectomy_model_claiming_perfect_accuracy(registry)
+    seen: list[list[str]] = []
+
+    def score(model: PhaseModel) -> float:
+        seen.append(list(model.phases))
+        return 0.625
+
+    assert _phase_baseline(registry, list(PHASES), score, context) == {"val_frame_accuracy": 0.625}
+    assert seen == [list(PHASES)]
+    assert _phase_baseline(registry, list(POEM_STEPS), score, context) == {}
+    assert len(seen) == 1
