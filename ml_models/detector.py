@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ml_models.errors import InputError
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
+from ml_models.formats.yolo import data_yaml_parts
 from ml_models.tables import DETECTIONS, RowGroupWriter, table_from_rows
 from ml_models.ultra import OFFLINE_TRAIN_ARGS, ultralytics_offline
 from ml_models.video import SampledFrame, sample_frames
@@ -77,9 +78,22 @@ def load_model(
     ultralytics_offline()
     from ultralytics import YOLO
 
-    if runtime == "onnx":
-        return YOLO(str(onnx_graph(path, imgsz, cache_dir)), task="segment")
-    return YOLO(str(path), task="segment")
+    try:
+        if runtime == "onnx":
+            return YOLO(str(onnx_graph(path, imgsz, cache_dir)), task="segment")
+        return YOLO(str(path), task="segment")
+    except InputError:
+        raise
+    except Exception as e:  # a truncated or foreign file fails deep inside torch/ultralytics
+        raise _damaged(e) from None
+
+
+def _damaged(error: Exception) -> InputError:
+    return InputError(
+        f"the instrument detector weights file cannot be read ({type(error).__name__}); it "
+        "is damaged or not an ultralytics checkpoint: register it again or retrain with "
+        "`surg train detector`."
+    )
 
 
 # What a checkpoint that does not record its training size is run at: the defaults' size.
@@ -103,7 +117,10 @@ def trained_imgsz(weights: str | Path) -> int:
             "`surg train detector` or `make models`."
         )
     # The project's own checkpoints (ultralytics loads them the same way, unpickling in full).
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated zip or not a torch file at all
+        raise _damaged(e) from None
     args = checkpoint.get("train_args") if isinstance(checkpoint, dict) else None
     size = (args or {}).get("imgsz")
     if isinstance(size, list | tuple):  # [h, w]: the long side is what a letterbox scales to
@@ -212,6 +229,27 @@ def int8_graph(fp32_graph: Path, calibration: list[np.ndarray], imgsz: int, targ
     return target
 
 
+def _local_init(init: str | Path) -> str | Path:
+    """A weights file that exists, or a model yaml ultralytics ships: never a name it would
+    download (``yolo11n-seg.pt`` means COCO-pretrained weights from the internet)."""
+    if Path(init).is_file():
+        return init
+    if Path(init).suffix in (".yaml", ".yml") and "://" not in str(init):
+        from ultralytics.utils.checks import check_yaml
+
+        try:
+            check_yaml(str(init))  # finds the yamls ultralytics bundles; no download for those
+        except FileNotFoundError:
+            pass
+        else:
+            return init
+    raise InputError(
+        f"--model {Path(init).name}: no such weights file or model yaml. No weights are "
+        "downloaded here; pass a model yaml such as yolo11n-seg.yaml to train from scratch, "
+        "or a weights file of your own to fine-tune."
+    )
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a training run produced."""
@@ -257,8 +295,9 @@ def train_detector(
 
     if not Path(data_yaml).is_file():
         raise InputError("the detector dataset's data.yaml does not exist; check --data.")
+    data_yaml_parts(data_yaml)  # before ultralytics, which would download what is missing
     started = time.perf_counter()
-    model = YOLO(str(init), task="segment")
+    model = YOLO(str(_local_init(init)), task="segment")
     if on_epoch is not None:
 
         def tell(trainer: Any) -> None:
@@ -296,6 +335,7 @@ def evaluate_detector(
     weights: str | Path, data_yaml: str | Path, imgsz: int = 320, split: str = "val"
 ) -> dict[str, float]:
     """Box and mask mAP50 / mAP50-95 of weights on a dataset split (ultralytics' validator)."""
+    data_yaml_parts(data_yaml)  # refuses what ultralytics would otherwise download
     model = load_model(weights)
     r = model.val(
         data=str(data_yaml), imgsz=imgsz, split=split, plots=False, verbose=False, workers=0

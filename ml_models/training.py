@@ -21,7 +21,7 @@ import yaml
 from ml_models.errors import InputError
 from ml_models.formats.cholec import load_cholec80_tools, read_phase_names
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES, instrument_id, vocabulary_of
-from ml_models.formats.yolo import names_from_yaml, yaml_class_names
+from ml_models.formats.yolo import data_yaml_parts, names_from_yaml
 from ml_models.frames import FrameCNN, frames_per_second, prepare, train_classifier
 from ml_models.video import probe_video
 
@@ -723,7 +723,7 @@ def require_cholec80_yaml(data_yaml: str | Path) -> None:
         InputError: Naming the file and what to change.
     """
     path = Path(data_yaml)
-    names, _, _ = _dataset_parts(path)
+    names, _, _ = data_yaml_parts(path)
     ids = cholec80_class_ids(names, path.name)
     if any(ids[i] != i for i in ids):
         raise InputError(
@@ -795,29 +795,6 @@ def boxes_to_segment_dataset(
     return data, counts
 
 
-def _dataset_parts(data_yaml: Path) -> tuple[list[str], list[str], list[str]]:
-    """A YOLO ``data.yaml``'s class names and its absolute train and val image folders."""
-    try:
-        spec = yaml.safe_load(data_yaml.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        spec = None
-    names = yaml_class_names(spec.get("names")) if isinstance(spec, dict) else None
-    if names is None or "train" not in spec:
-        raise InputError(
-            f"{data_yaml.name} is not a YOLO data.yaml (train, val and names); pass the "
-            "data.yaml of a YOLO dataset."
-        )
-    root = Path(spec.get("path") or data_yaml.parent)
-    if not root.is_absolute():
-        root = data_yaml.parent / root
-
-    def folders(key: str) -> list[str]:
-        value = spec.get(key) or []
-        return [str(root / p) for p in ([value] if isinstance(value, str) else value)]
-
-    return names, folders("train"), folders("val")
-
-
 def with_extra_training(
     data_yaml: str | Path, extra_yaml: str | Path, out_yaml: str | Path
 ) -> tuple[Path, dict[str, int]]:
@@ -840,8 +817,8 @@ def with_extra_training(
     Raises:
         InputError: When either is not a YOLO data.yaml or their classes differ.
     """
-    names, train, val = _dataset_parts(Path(data_yaml))
-    extra_names, extra_train, _ = _dataset_parts(Path(extra_yaml))
+    names, train, val = data_yaml_parts(Path(data_yaml))
+    extra_names, extra_train, _ = data_yaml_parts(Path(extra_yaml))
     if extra_names != names:
         raise InputError(
             f"{Path(extra_yaml).name} names other classes than the training data "

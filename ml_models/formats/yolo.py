@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from ml_models.errors import InputError
 from ml_models.formats._util import (
     IMAGE_SUFFIXES,
     as_float,
@@ -26,6 +27,50 @@ def yaml_class_names(names: object) -> list[str] | None:
     if isinstance(names, list):
         return [str(n) for n in names]
     return None
+
+
+def data_yaml_parts(data_yaml: str | Path) -> tuple[list[str], list[str], list[str]]:
+    """A YOLO ``data.yaml``'s class names and its absolute train and val image folders.
+
+    Ultralytics downloads a dataset whose folders are missing when its ``data.yaml`` says how
+    (a URL, a shell command or Python code under ``download``). Nothing here may reach the
+    network or run a dataset's code, so such a file is refused, as is a missing folder.
+
+    Raises:
+        InputError: Naming the file and what to change.
+    """
+    path = Path(data_yaml)
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        spec = None
+    names = yaml_class_names(spec.get("names")) if isinstance(spec, dict) else None
+    if names is None or "train" not in spec or "val" not in spec:
+        raise InputError(
+            f"{path.name} is not a YOLO data.yaml (train, val and names); pass the "
+            "data.yaml of a YOLO dataset."
+        )
+    if spec.get("download"):
+        raise InputError(
+            f"{path.name} has a download entry; nothing is downloaded or run from a dataset "
+            "here: fetch the dataset yourself, then remove the entry."
+        )
+    root = Path(spec.get("path") or path.parent)
+    if not root.is_absolute():
+        root = path.parent / root
+
+    def folders(key: str) -> list[str]:
+        value = spec.get(key) or []
+        listed = [root / p for p in ([value] if isinstance(value, str) else value)]
+        missing = [p for p in listed if not p.exists()]
+        if not listed or missing:
+            raise InputError(
+                f"{path.name}: its {key} images ({', '.join(map(str, missing)) or 'none'}) "
+                "do not exist; fix path/train/val in the file."
+            )
+        return [str(p) for p in listed]
+
+    return names, folders("train"), folders("val")
 
 
 def names_from_yaml(root: Path) -> list[str] | None:

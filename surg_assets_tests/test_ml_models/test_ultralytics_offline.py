@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -107,13 +108,10 @@ def _tiny_yolo_seg_dataset(root: Path) -> Path:
     return data
 
 
-def test_training_and_inference_make_no_network_attempt(tmp_path: Path) -> None:
-    from ml_models.video import write_sample_video
-
-    data = _tiny_yolo_seg_dataset(tmp_path / "ds")
-    video = write_sample_video(tmp_path / "v.mp4", seconds=2, fps=10, size=(160, 120))
+def _guarded(tmp_path: Path, script: str, *args: Path | str) -> tuple[Any, list[str]]:
+    """Run a script in a child whose network is cut off; its result and the attempts made."""
     guard_dir = tmp_path / "guard"
-    guard_dir.mkdir()
+    guard_dir.mkdir(exist_ok=True)
     (guard_dir / "sitecustomize.py").write_text(GUARD)
     log = tmp_path / "net.log"
     env = {
@@ -125,13 +123,21 @@ def test_training_and_inference_make_no_network_attempt(tmp_path: Path) -> None:
     }
     env.pop("YOLO_OFFLINE", None)  # the project must set it itself
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(data), str(video), str(tmp_path / "runs")],
+        [sys.executable, "-c", script, *map(str, args)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    attempts = log.read_text().splitlines() if log.exists() else []
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+def test_training_and_inference_make_no_network_attempt(tmp_path: Path) -> None:
+    from ml_models.video import write_sample_video
+
+    data = _tiny_yolo_seg_dataset(tmp_path / "ds")
+    video = write_sample_video(tmp_path / "v.mp4", seconds=2, fps=10, size=(160, 120))
+    proc, attempts = _guarded(tmp_path, SCRIPT, data, video, tmp_path / "runs")
     assert attempts == [], f"ultralytics tried the network: {attempts[:5]}"
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -142,6 +148,59 @@ def test_training_and_inference_make_no_network_attempt(tmp_path: Path) -> None:
     assert len(settings_files) == 1
     settings = json.loads(settings_files[0].read_text())
     assert settings["sync"] is False
+
+
+REFUSALS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from ml_models.detector import evaluate_detector, train_detector
+    from ml_models.errors import InputError
+    data, downloading, out = sys.argv[1:4]
+    calls = {
+        "pretrained name": lambda: train_detector(data, out, 1, 64, init="yolo11n-seg.pt"),
+        "yaml address": lambda: train_detector(data, out, 1, 64, init="https://x.org/m.yaml"),
+        "download entry": lambda: train_detector(downloading, out, 1, 64),
+        "evaluation": lambda: evaluate_detector("yolo11n-seg.yaml", downloading, 64),
+    }
+    said = {}
+    for name, call in calls.items():
+        try:
+            call()
+            said[name] = None
+        except InputError as e:
+            said[name] = str(e)
+    print(json.dumps(said))
+    """
+)
+
+
+def test_what_ultralytics_would_download_is_refused_first(tmp_path: Path) -> None:
+    """A weights name ultralytics knows (COCO-pretrained ``yolo11n-seg.pt``), a model yaml
+    given by address, and a data.yaml whose missing images it would fetch (or whose code it
+    would run) each get one clear error before ultralytics sees them."""
+    data = _tiny_yolo_seg_dataset(tmp_path / "ds")
+    marker = tmp_path / "ran"
+    downloading = tmp_path / "ds" / "fetch.yaml"
+    downloading.write_text(
+        data.read_text().replace("val: images/val", "val: images/elsewhere")
+        + f"download: |\n  open({str(marker)!r}, 'w').write('x')\n"
+    )
+    proc, attempts = _guarded(tmp_path, REFUSALS_SCRIPT, data, downloading, tmp_path / "runs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said["pretrained name"].startswith("--model yolo11n-seg.pt: no such weights file")
+    assert "No weights are downloaded here" in said["pretrained name"]
+    assert said["yaml address"].startswith("--model m.yaml: no such weights file")
+    for name in ("download entry", "evaluation"):
+        assert said[name].startswith("fetch.yaml has a download entry"), said[name]
+    # Without the entry, the missing folder itself is named.
+    downloading.write_text(data.read_text().replace("val: images/val", "val: images/elsewhere"))
+    proc, more = _guarded(tmp_path, REFUSALS_SCRIPT, data, downloading, tmp_path / "runs")
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said["download entry"].startswith("fetch.yaml: its val images (")
+    assert "images/elsewhere) do not exist" in said["download entry"]
+    assert attempts == more == [] and not marker.exists()
+    assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
 THREADS_SCRIPT = textwrap.dedent(
