@@ -24,8 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ml_models.errors import InputError
-from ml_models.frames import FrameCNN, predict_proba, prepare
+from ml_models.frames import FrameCNN, load_bundle, predict_proba, prepare
 from ml_models.tables import EVENTS, table_from_rows
 from ml_models.video import sample_frames
 
@@ -445,7 +444,7 @@ class OutOfBodyClassifier:
             {
                 "kind": "surg-out-of-body",
                 "state": self.model.state_dict(),
-                "threshold": self.threshold,
+                "threshold": float(self.threshold),
             },
             path,
         )
@@ -453,14 +452,9 @@ class OutOfBodyClassifier:
     @classmethod
     def load(cls, path: str | Path) -> OutOfBodyClassifier:
         """Read weights written by :meth:`save`."""
-        if not Path(path).is_file():
-            raise InputError(
-                "the out-of-body model file does not exist; train one with "
-                "`surg train out-of-body`."
-            )
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(blob, dict) or blob.get("kind") != "surg-out-of-body":
-            raise InputError("the out-of-body model file is not a surg out-of-body model.")
+        blob = load_bundle(
+            path, "surg-out-of-body", "out-of-body model", "`surg train out-of-body`"
+        )
         model = FrameCNN(2)
         model.load_state_dict(blob["state"])
         model.eval()

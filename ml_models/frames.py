@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from ml_models.errors import InputError
 from ml_models.video import sample_frames
 
 FRAME_SIZE = 96
@@ -77,6 +79,28 @@ class FrameCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (N, n_classes)."""
         return self.head(self.embed(x))
+
+
+def load_bundle(path: str | Path, kind: str, what: str, train_hint: str) -> dict[str, Any]:
+    """A model bundle this project wrote (``torch.save`` of a dict marked ``kind``), read as
+    tensors and plain values only: a weights file from a shared store must not run code.
+
+    Raises:
+        InputError: The file is missing, damaged, or holds something else; naming the model and
+            what to do.
+    """
+    if not Path(path).is_file():
+        raise InputError(f"the {what} file does not exist; train one with {train_hint}.")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle with code, a different format
+        raise InputError(
+            f"the {what} file cannot be read as tensors ({type(e).__name__}); it is damaged or "
+            f"not a surg model: register it again or retrain with {train_hint}."
+        ) from None
+    if not isinstance(blob, dict) or blob.get("kind") != kind:
+        raise InputError(f"the {what} file is not a surg {what}; retrain with {train_hint}.")
+    return blob
 
 
 def prepare(bgr: np.ndarray) -> np.ndarray:

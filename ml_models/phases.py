@@ -27,6 +27,7 @@ from ml_models.frames import (
     FrameCNN,
     embed_images,
     embed_video,
+    load_bundle,
     train_classifier,
 )
 
@@ -121,8 +122,8 @@ class PhaseModel:
         torch.save(
             {
                 "kind": "surg-phase-model",
-                "phases": self.phases,
-                "sample_fps": self.sample_fps,
+                "phases": list(self.phases),
+                "sample_fps": float(self.sample_fps),
                 "feature_dim": self.encoder.feature_dim,
                 "n_tools": self.encoder.n_tools,
                 "pool": self.encoder.pool,
@@ -141,13 +142,7 @@ class PhaseModel:
     @classmethod
     def load(cls, path: str | Path) -> PhaseModel:
         """Read a bundle written by :meth:`save`."""
-        if not Path(path).is_file():
-            raise InputError(
-                "the phase model file does not exist; train one with `surg train phase`."
-            )
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(blob, dict) or blob.get("kind") != "surg-phase-model":
-            raise InputError("the phase model file is not a surg phase model; retrain it.")
+        blob = load_bundle(path, "surg-phase-model", "phase model", "`surg train phase`")
         n = len(blob["phases"])
         encoder = FrameCNN(n, blob["feature_dim"], blob.get("n_tools", 0), blob.get("pool", "avg"))
         encoder.load_state_dict(blob["encoder"])
