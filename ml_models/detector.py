@@ -235,10 +235,13 @@ def _local_init(init: str | Path) -> str | Path:
     if Path(init).is_file():
         return init
     if Path(init).suffix in (".yaml", ".yml") and "://" not in str(init):
-        from ultralytics.utils.checks import check_yaml
+        ultralytics_offline()
+        from ultralytics.nn.tasks import yaml_model_load
 
         try:
-            check_yaml(str(init))  # finds the yamls ultralytics bundles; no download for those
+            # How ultralytics itself reads a model yaml (yolo11n-seg.yaml is yolo11-seg.yaml at
+            # scale n): found among the files it ships, never downloaded.
+            yaml_model_load(str(init))
         except FileNotFoundError:
             pass
         else:
@@ -380,9 +383,11 @@ def results_to_rows(
                     "y1": float(xyxy[i, 1]),
                     "x2": float(xyxy[i, 2]),
                     "y2": float(xyxy[i, 3]),
+                    # A mask of a pixel or two outlines as one or two points: no polygon, so
+                    # the row keeps its box and no outline (the mask column is nullable).
                     "mask": (
                         np.asarray(poly, np.float32).reshape(-1).round(1).tolist()
-                        if poly is not None and len(poly)
+                        if poly is not None and len(poly) >= 3
                         else None
                     ),
                     "model_version": model_version,

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from ml_models.chunking import ChunkDetections, VideoChunk
 from ml_models.tables import (
@@ -69,21 +70,23 @@ def preview(table: pa.Table, columns: list[str], rows: int = 8) -> dg.MetadataVa
 class DetectionConfig(dg.Config):
     """How the detector runs over a case, and how a long case is cut into chunks."""
 
-    sample_fps: float = 5.0
-    batch_size: int = 8
+    # Bounds are checked when a run starts, before any model loads: a rate of 0 would otherwise
+    # fail deep in the decoder thread.
+    sample_fps: float = Field(5.0, gt=0, le=120)
+    batch_size: int = Field(8, ge=1)
     # None: the size the Approved detector was trained at (its checkpoint says), so a detector
     # trained at 416 px is run at 416 px without anyone remembering to set this.
-    imgsz: int | None = None
-    confidence: float = 0.25
+    imgsz: int | None = Field(None, ge=32)
+    confidence: float = Field(0.25, ge=0, le=1)
     device: str = "auto"
     # ONNX Runtime is about 2x faster than eager PyTorch on a CPU here with the same detections;
     # "torch" is the choice on a GPU (fp16).
-    runtime: str = "onnx"
+    runtime: str = Field("onnx", pattern="^(torch|onnx)$")
     # Minutes of video per detection step (None: SURG_DETECTION_CHUNK_MINUTES, else 10; 0: the
     # whole case in one step). A step-per-pod executor runs the chunks on as many GPU workers.
-    chunk_minutes: float | None = None
+    chunk_minutes: float | None = Field(None, ge=0)
     # Seconds each chunk also reads past its borders (detected twice, compared, kept once).
-    overlap_s: float = 2.0
+    overlap_s: float = Field(2.0, ge=0)
 
 
 def detection_chunk_seconds(config: DetectionConfig) -> float:
@@ -293,11 +296,11 @@ class TrackingConfig(dg.Config):
     # BoT-SORT (no re-id, no camera-motion compensation: it tracks from the table) scored above
     # ByteTrack on both held-out synthetic cases with the default detector (HOTA 0.63 / 0.58
     # against 0.58 / 0.57; BENCHMARKS.md 2026-12-02).
-    tracker: str = "botsort"
+    tracker: str = Field("botsort", pattern="^(botsort|bytetrack)$")
     # Bridges gaps within one track. Tracks are already cut where unseen for over
     # ml_models.tracking.SPLIT_GAP_S (1 s), so only a value below that changes the intervals;
     # gaps between tracks of one class are bridged by case_analysis (its usage_gap_s).
-    max_gap_s: float = USAGE_GAP_S
+    max_gap_s: float = Field(USAGE_GAP_S, ge=0)
 
 
 @dg.asset(
@@ -364,7 +367,7 @@ def instrument_tracks(
 class PhaseConfig(dg.Config):
     """How the phase timeline is read, smoothed, and where the model runs."""
 
-    min_segment_s: float = 10.0
+    min_segment_s: float = Field(10.0, ge=0)
     # Whole cases are read by the offline temporal model (each second sees the past and the
     # future) and decoded under the model's training-data prior (phase order and timing);
     # off: the causal model's per-second argmax, as a live view would see it.
@@ -372,7 +375,7 @@ class PhaseConfig(dg.Config):
     # Shorter videos are taken as excerpts, not whole cases: where a phase falls in a case says
     # nothing about a clip cut from its middle, and its last second is not the end of a case,
     # so they are read causally.
-    whole_case_min_s: float = 120.0
+    whole_case_min_s: float = Field(120.0, ge=0)
     # Where both stages run: the GPU the step was placed on when there is one (a 6-hour case is
     # 21,600 frames through the encoder), else the CPU.
     device: str = "auto"
@@ -469,8 +472,8 @@ def phase_timeline(
 class EventsConfig(dg.Config):
     """Sampling rate of the frame-level event detectors and the scene-cut threshold."""
 
-    sample_fps: float = 2.0
-    cut_threshold: float = 27.0
+    sample_fps: float = Field(2.0, gt=0, le=120)
+    cut_threshold: float = Field(27.0, gt=0)
 
 
 @dg.asset(

@@ -25,7 +25,13 @@ from ml_models.frames import frames_per_second
 from ml_models.phases import MSTCN, PhasePrior, decode_case, segments_from_probabilities
 from ml_models.tables import DETECTIONS, EVENTS, TRACKS, table_from_rows
 from ml_models.tracking import track_detections, usage_intervals
-from ml_models.video import _decode_skipping, may_be_sampled, sample_frames, write_sample_video
+from ml_models.video import (
+    SampledFrame,
+    _decode_skipping,
+    may_be_sampled,
+    sample_frames,
+    write_sample_video,
+)
 
 
 def test_sampling_takes_the_requested_rate_in_a_bounded_queue(tmp_path: Path) -> None:
@@ -102,6 +108,32 @@ def test_detector_adapter_maps_results_to_the_table_schema(tmp_path: Path) -> No
     assert rows[0]["x1"] == pytest.approx(float(first.xyxy[0, 0]))
     assert rows[0]["confidence"] == pytest.approx(float(first.conf[0]))
     assert rows[0]["frame_index"] == frames[0].frame_index
+
+
+def test_a_mask_too_small_to_outline_leaves_the_box_without_a_polygon() -> None:
+    """Ultralytics outlines a one-pixel mask as a single point; the contract wants three."""
+    from ml_models.detector import results_to_rows
+    from ml_models.ultra import ultralytics_offline
+    from surg_assets.checks import polygon_failures
+
+    ultralytics_offline()
+    from ultralytics.engine.results import Results
+
+    masks = torch.zeros((2, 64, 64))
+    masks[0, 10:30, 10:40] = 1  # an instrument
+    masks[1, 50, 50] = 1  # a speck
+    boxes = torch.tensor([[10.0, 10.0, 40.0, 30.0, 0.9, 2.0], [49.0, 49.0, 51.0, 51.0, 0.3, 0.0]])
+    result = Results(
+        np.zeros((64, 64, 3), np.uint8), "frame", {0: "grasper", 2: "hook"}, boxes, masks
+    )
+    assert len(result.masks.xy[1]) < 3  # what ultralytics gives for the speck
+    frame = SampledFrame(frame_index=0, t_s=0.0, bgr=np.zeros((64, 64, 3), np.uint8))
+    rows = results_to_rows([result], [frame], "c1", "instrument_detector:v0")
+    assert [r["class_name"] for r in rows] == ["hook", "grasper"]
+    assert len(rows[0]["mask"]) >= 6 and rows[1]["mask"] is None
+    assert rows[1]["x2"] == pytest.approx(51.0)  # the box is kept
+    table = table_from_rows(DETECTIONS, rows)
+    assert polygon_failures(table.column("mask").combine_chunks(), 64, 64) == {}
 
 
 def _two_instruments() -> list[dict]:
