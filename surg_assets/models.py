@@ -52,6 +52,8 @@ def ensure_default_models(registry: ModelRegistry) -> list[str]:
 
 def approved_model(registry: ModelRegistry, name: str) -> tuple[ModelVersion, Path]:
     """The newest Approved version of ``name`` and its local weights (bootstrapping if needed)."""
+    if name not in MODEL_NAMES:
+        raise InputError(f"no model is called {name!r}; the models are {', '.join(MODEL_NAMES)}.")
     if registry.newest_approved(name) is None:
         ensure_default_models(registry)
     if registry.newest_approved(name) is None:

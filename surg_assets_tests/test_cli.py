@@ -216,6 +216,12 @@ def test_models_path_bootstraps_the_shipped_defaults(tmp_path: Path) -> None:
     if not default_weights_file("instrument_detector").exists():
         pytest.skip("no default weights in ml_models/default_weights (run `make models`)")
     home = tmp_path / "home"
+    # A wrong name is named, with the right ones, and registers nothing.
+    assert_user_error(
+        surg(home, "models", "path", "detector"),
+        "no model is called 'detector'; the models are instrument_detector, phase_model",
+    )
+    assert "bootstrap" not in surg(home, "models", "list").stdout
     proc = surg(home, "models", "path", "instrument_detector")
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.strip().splitlines()[-1])
