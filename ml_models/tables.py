@@ -58,6 +58,10 @@ PHASES = pa.schema(
     ]
 )
 
+# phases.parquet keeps the shortest segment its smoothing allowed, so the check can hold the
+# timeline to it.
+MIN_SEGMENT_KEY = b"surg.min_segment_s"
+
 PHASE_PROBABILITIES = pa.schema(
     [
         ("case_id", pa.string()),

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from ml_models.tables import (
     DETECTIONS,
     INSTRUMENT_USAGE,
+    MIN_SEGMENT_KEY,
     PHASE_PROBABILITIES,
     ROW_GROUP_ROWS,
     TRACKS,
@@ -439,15 +440,21 @@ def side_table_tally(
     return tally
 
 
-def phase_expectations(duration_s: float) -> list:
+def phase_expectations(duration_s: float, min_segment_s: float = 0.0) -> list:
     """The phase timeline contract: ordered, contiguous segments covering the video, from its
-    start to its end (within two seconds: the timeline is read at one frame a second)."""
+    start to its end (within two seconds: the timeline is read at one frame a second); none
+    shorter than the smoothing's minimum when there are several; each name the one its id has
+    in the model's vocabulary (the per-second probabilities beside it)."""
     import great_expectations as gx
 
     from ml_models.tables import PHASES
 
     e = gx.expectations
+    # Segments are whole seconds (read at 1 fps): the minimum rounds as the smoothing rounds it.
+    shortest = max(1.0, round(min_segment_s)) - 0.5 if min_segment_s > 0 else 0.0
     return _columns_exist(PHASES.names) + [
+        e.ExpectColumnValuesToBeBetween(column="length_s", min_value=shortest),
+        e.ExpectColumnPairValuesToBeEqual(column_A="phase_name", column_B="vocabulary_name"),
         e.ExpectTableRowCountToBeBetween(min_value=1),
         e.ExpectColumnValuesToNotBeNull(column="phase_name"),
         e.ExpectColumnValuesToBeBetween(column="confidence", min_value=0, max_value=1),
@@ -467,8 +474,9 @@ def phase_expectations(duration_s: float) -> list:
 @dg.asset_check(
     asset=phase_timeline,
     blocking=True,
-    description="Phases: ordered, contiguous segments from the video's start to its end, column "
-    "types as contracted; per-second probabilities in [0, 1] summing to one.",
+    description="Phases: ordered, contiguous segments from the video's start to its end, none "
+    "shorter than the smoothing's minimum, each named as its id is in the model's vocabulary, "
+    "column types as contracted; per-second probabilities in [0, 1] summing to one.",
 )
 def phases_meet_contract(
     context: dg.AssetCheckExecutionContext, blob_store: BlobStore, catalog: Catalog
@@ -478,17 +486,38 @@ def phases_meet_contract(
     return phases_contract(blob_store, case_id, _case_facts(catalog, case_id)[0])
 
 
+def phase_columns(df: pd.DataFrame, vocabulary: dict[int, str]) -> pd.DataFrame:
+    """The phases table with the columns :func:`phase_expectations` reads beside its own: the
+    gap to the previous segment, each segment's length (none for a lone segment, which may be
+    shorter than the minimum: the whole video is), and the name its id has in ``vocabulary``."""
+    length = df["end_s"] - df["start_s"] if len(df) > 1 else float("nan")
+    return df.assign(
+        gap_s=(df["start_s"] - df["end_s"].shift(1)).fillna(0.0),
+        length_s=length,
+        vocabulary_name=df["phase_id"].map(vocabulary),
+    )
+
+
 def phases_contract(blob_store: BlobStore, case_id: str, duration: float) -> dg.AssetCheckResult:
     """The phases check on a case's stored phases and phase probabilities."""
 
-    def with_gaps(df: pd.DataFrame) -> pd.DataFrame:
-        return df.assign(gap_s=(df["start_s"] - df["end_s"].shift(1)).fillna(0.0))
+    vocabulary: dict[int, str] = {}
+    min_segment_s = 0.0
+    if blob_store.exists(metadata_key(case_id, "phase_probabilities.parquet")):
+        names = read_table(blob_store, case_id, "phase_probabilities.parquet")
+        pairs = names.group_by(["phase_id", "phase_name"]).aggregate([]).to_pydict()
+        vocabulary = dict(zip(pairs["phase_id"], pairs["phase_name"], strict=True))
+    if blob_store.exists(metadata_key(case_id, "phases.parquet")):
+        meta = read_table(blob_store, case_id, "phases.parquet").schema.metadata or {}
+        min_segment_s = float(meta.get(MIN_SEGMENT_KEY, 0.0))
 
     def with_sums(df: pd.DataFrame) -> pd.DataFrame:
         return df.assign(second_total=df.groupby("t_s")["probability"].transform("sum"))
 
-    expectations = phase_expectations(duration)
-    tally = side_table_tally(blob_store, case_id, "phases", expectations, with_gaps)
+    expectations = phase_expectations(duration, min_segment_s)
+    tally = side_table_tally(
+        blob_store, case_id, "phases", expectations, lambda df: phase_columns(df, vocabulary)
+    )
     probabilities = probability_expectations(duration)
     tally.add_side_table(
         "phase_probabilities",

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from ml_models.chunking import ChunkDetections, VideoChunk
 from ml_models.tables import (
+    MIN_SEGMENT_KEY,
     PHASE_PROBABILITIES,
     PHASES,
     from_parquet_bytes,
@@ -448,6 +449,7 @@ def phase_timeline(
             for k, name in enumerate(model.phases)
         ],
     )
+    phases = phases.replace_schema_metadata({MIN_SEGMENT_KEY: repr(float(config.min_segment_s))})
     key = write_table(blob_store, case_id, "phases.parquet", phases)
     write_table(blob_store, case_id, "phase_probabilities.parquet", probabilities)
     return dg.MaterializeResult(
@@ -455,6 +457,7 @@ def phase_timeline(
             "key": key,
             "rows": phases.num_rows,
             "segments": phases.num_rows,
+            "min_segment_s": config.min_segment_s,
             "seconds_analysed": len(times),
             "decoding": (
                 f"whole case: {reader}, training prior"

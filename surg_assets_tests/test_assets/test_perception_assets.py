@@ -23,6 +23,7 @@ from surg_assets.assets.perception import (
 from surg_assets.checks import (
     detection_expectations,
     event_expectations,
+    phase_columns,
     phase_expectations,
     run_suite,
 )
@@ -266,17 +267,29 @@ def test_corrupted_detections_fail_the_suite(corrupt, column: str) -> None:
     assert column in result.description
 
 
-def test_phase_gaps_and_overruns_fail_the_suite() -> None:
+def test_phase_gaps_overruns_flickers_and_misnamed_phases_fail_the_suite() -> None:
+    vocabulary = {0: "A", 1: "B", 2: "C"}
     good = pd.DataFrame(
         {"case_id": "c", "phase_id": [0, 1], "phase_name": ["A", "B"], "start_s": [0.0, 10.0],
          "end_s": [10.0, 30.0], "confidence": [0.8, 0.9], "model_version": "v"}
     )  # fmt: skip
-    good["gap_s"] = (good.start_s - good.end_s.shift(1)).fillna(0.0)
-    assert run_suite(good, "phases", phase_expectations(30)).passed
-    gap = good.assign(start_s=[0.0, 12.0])
-    gap["gap_s"] = (gap.start_s - gap.end_s.shift(1)).fillna(0.0)
-    assert "gap_s" in run_suite(gap, "phases", phase_expectations(30)).description
-    assert not run_suite(good, "phases", phase_expectations(20)).passed
+
+    def failed(df: pd.DataFrame, duration: float = 30, min_segment_s: float = 10) -> str:
+        expectations = phase_expectations(duration, min_segment_s)
+        result = run_suite(phase_columns(df, vocabulary), "phases", expectations)
+        return "" if result.passed else result.description
+
+    assert failed(good) == ""
+    assert "gap_s" in failed(good.assign(start_s=[0.0, 12.0]))
+    assert "end_s" in failed(good, duration=20)
+    # A 1-second flicker where the smoothing allows 10 s, and an id under another phase's name.
+    flicker = good.assign(start_s=[0.0, 29.0], end_s=[29.0, 30.0])
+    assert failed(flicker).startswith("expect_column_values_to_be_between(length_s)")
+    assert failed(flicker, min_segment_s=0) == ""
+    misnamed = good.assign(phase_name=["A", "C"])
+    assert failed(misnamed) == "expect_column_pair_values_to_be_equal(phase_name): 1 unexpected"
+    # A video shorter than the minimum is one short segment, as it should be.
+    assert failed(good.iloc[:1].assign(end_s=4.0), duration=4) == ""
 
 
 def test_unknown_event_kinds_fail_the_suite() -> None:
