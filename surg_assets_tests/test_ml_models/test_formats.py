@@ -129,6 +129,7 @@ def _box_dataset(root: Path, names: list[str], rows: list[str]) -> Path:
     import cv2
 
     (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "val").mkdir(parents=True)  # listed folders must exist (no download)
     (root / "labels" / "train").mkdir(parents=True)
     cv2.imwrite(str(root / "images" / "train" / "f1.jpg"), np.zeros((32, 48, 3), np.uint8))
     (root / "labels" / "train" / "f1.txt").write_text("\n".join(rows) + "\n")
@@ -196,7 +197,9 @@ def test_joined_training_data_reads_both_training_splits_and_validates_on_the_fi
     assert all(Path(label).is_file() for label in img2label_paths([str(p) for p in train_images]))
 
     other = tmp_path / "other.yaml"
-    other.write_text("train: images/train\nval: images/val\nnames:\n  0: needle\n")
+    other.write_text(
+        f"path: {real.parent}\ntrain: images/train\nval: images/val\nnames:\n  0: needle\n"
+    )
     with pytest.raises(InputError, match="other.yaml names other classes than the training data"):
         with_extra_training(real, other, tmp_path / "x.yaml")
     broken = tmp_path / "broken.yaml"
