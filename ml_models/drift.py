@@ -9,6 +9,7 @@ a moderate shift, above 0.25 a shift worth retraining for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,3 +87,20 @@ def compare(reference: dict[str, Any], recent: dict[str, Any]) -> DriftReport:
         mean_confidence_delta=delta,
         recent_detections=int(recent["detections"]),
     )
+
+
+def reference_statistics(weights: Path, images: list[Path], imgsz: int) -> dict[str, Any]:
+    """What a detector predicts on held-out images (:func:`detection_statistics`): the
+    reference the drift sensor compares recent case detections with, kept on the model card."""
+    from ml_models.detector import load_model
+    from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
+
+    model = load_model(weights)
+    classes: list[int] = []
+    confidences: list[float] = []
+    for i in range(0, len(images), 16):
+        for r in model.predict([str(p) for p in images[i : i + 16]], imgsz=imgsz, verbose=False):
+            if r.boxes is not None and len(r.boxes):
+                classes.extend(r.boxes.cls.cpu().numpy().astype(int).tolist())
+                confidences.extend(r.boxes.conf.cpu().numpy().astype(float).tolist())
+    return detection_statistics(classes, confidences, len(INSTRUMENT_CLASSES))

@@ -123,6 +123,8 @@ def train_detector_command(
 ) -> None:
     """Train the instrument detector and register it (Pending unless --approve-as)."""
     from ml_models.detector import evaluate_detector, train_detector
+    from ml_models.drift import reference_statistics
+    from ml_models.formats.yolo import validation_images
     from ml_models.training import (
         boxes_to_segment_dataset,
         require_cholec80_yaml,
@@ -174,6 +176,14 @@ def train_detector_command(
                 f"{version.version} on the same validation split: box mAP50 "
                 f"{baseline['box_map50']:.3f}; the new weights: {metrics['box_map50']:.3f}"
             )
+        # What it predicts on the validation images: without it on the card, the drift
+        # sensor has nothing to compare case detections with once this detector is Approved.
+        val_images = validation_images(data_yaml)
+        reference = reference_statistics(result.weights, val_images, imgsz)
+        err.print(
+            f"drift reference: {reference['detections']} detections on {len(val_images)} "
+            "validation images"
+        )
         card = _card(
             "instrument_detector",
             sys.argv,
@@ -187,6 +197,7 @@ def train_detector_command(
             split=split or "as given by the data.yaml",
             split_rule="by image (file name), sha1 bucket < 0.2 -> val" if split else None,
             train_seconds=round(result.seconds, 1),
+            reference_statistics=reference,
             approved_before=(
                 f"{version.version}: box_map50 {baseline['box_map50']:.3f} on the same "
                 "validation split"

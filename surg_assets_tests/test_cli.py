@@ -321,6 +321,14 @@ def test_train_detector_without_any_approved_detector_registers_without_a_compar
     store = build_resources(load_settings(), deferred=False)["blob_store"]
     card = json.loads(store.get_bytes("models/instrument_detector/v1/model_card.json"))
     assert (card["seed"], card["epochs"], card["imgsz"]) == (7, 1, 96)
+    # What it predicts on every validation image, for the drift sensor once it is Approved.
+    reference = card["reference_statistics"]
+    split = re.search(r"(\d+) training and (\d+) validation images", result.output)
+    said = re.search(r"drift reference: (\d+) detections on (\d+) validation images", result.output)
+    assert split and said, result.output
+    assert said[2] == split[2] != "0" and int(said[1]) == reference["detections"]
+    assert sum(reference["class_counts"]) == reference["detections"]
+    assert sum(reference["confidence_histogram"]) == reference["detections"]
 
 
 def test_train_detector_also_trains_on_a_second_dataset_and_scores_the_weights_on_both(

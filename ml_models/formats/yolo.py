@@ -73,6 +73,18 @@ def data_yaml_parts(data_yaml: str | Path) -> tuple[list[str], list[str], list[s
     return names, folders("train"), folders("val")
 
 
+def validation_images(data_yaml: str | Path) -> list[Path]:
+    """The images of a YOLO ``data.yaml``'s validation folders (a ``.txt`` list is read too)."""
+    found: list[Path] = []
+    for entry in map(Path, data_yaml_parts(data_yaml)[2]):
+        if entry.is_dir():
+            found += [p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            lines = entry.read_text().splitlines()
+            found += [(entry.parent / ln.strip()).resolve() for ln in lines if ln.strip()]
+    return sorted(found)
+
+
 def names_from_yaml(root: Path) -> list[str] | None:
     """The class names of the ``data.yaml`` (or ``dataset.yaml``) in a YOLO dataset folder,
     or None when it has none."""

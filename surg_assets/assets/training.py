@@ -22,7 +22,7 @@ import dagster as dg
 import numpy as np
 
 from ml_models.errors import InputError
-from ml_models.formats.cholec80 import INSTRUMENT_CLASSES, PHASES
+from ml_models.formats.cholec80 import PHASES
 from resources import datasets as snapshots
 from resources.audit import AuditLog
 from resources.blob_store import BlobStore
@@ -243,22 +243,6 @@ def _detector_init(config: DetectorTrainingConfig, registry: ModelRegistry) -> t
     return config.init, f"fine-tuned from {Path(config.init).name}"
 
 
-def reference_statistics(weights: Path, images: list[Path], imgsz: int) -> dict[str, Any]:
-    """What the detector predicts on held-out images: the drift sensor's reference."""
-    from ml_models.detector import load_model
-    from ml_models.drift import detection_statistics
-
-    model = load_model(weights)
-    classes: list[int] = []
-    confidences: list[float] = []
-    for i in range(0, len(images), 16):
-        for r in model.predict([str(p) for p in images[i : i + 16]], imgsz=imgsz, verbose=False):
-            if r.boxes is not None and len(r.boxes):
-                classes.extend(r.boxes.cls.cpu().numpy().astype(int).tolist())
-                confidences.extend(r.boxes.conf.cpu().numpy().astype(float).tolist())
-    return detection_statistics(classes, confidences, len(INSTRUMENT_CLASSES))
-
-
 @dg.asset(
     deps=[detector_dataset],
     group_name="training",
@@ -278,6 +262,8 @@ def instrument_detector(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Train (ultralytics), evaluate on the held-out split, export ONNX, register."""
     from ml_models.detector import evaluate_detector, onnx_graph, train_detector
+    from ml_models.drift import reference_statistics
+    from ml_models.formats.yolo import validation_images
 
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -315,7 +301,7 @@ def instrument_detector(
         tracked.log({f"train/{k}": v for k, v in trained.metrics.items()})
         metrics = evaluate_detector(trained.weights, data_yaml, imgsz=config.imgsz, split="val")
         tracked.log({f"val/{k}": v for k, v in metrics.items()})
-        val_images = sorted((data_dir / "images" / "val").glob("*.jpg"))
+        val_images = validation_images(data_yaml)
         reference = reference_statistics(trained.weights, val_images, config.imgsz)
         onnx = onnx_graph(trained.weights, config.imgsz, Path(tmp) / "onnx")
         card = _card(
