@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ml_models.errors import InputError
-from ml_models.tables import DETECTIONS, ROW_GROUP_ROWS, RowGroupWriter
+from ml_models.tables import DETECTIONS, ROW_GROUP_ROWS, RowGroupWriter, frame_size_metadata
 
 # Frame times are rounded to 1e-4 s in the table; this keeps a frame on a border in one chunk.
 _EPS = 1e-6
@@ -102,6 +102,7 @@ class ChunkDetections:
     runtime: str = ""
     file: str | None = None
     imgsz: int | None = None
+    frame_size: tuple[int, int] | None = None  # (width, height) of the frames detected on
 
     @property
     def owned_frames(self) -> int:
@@ -176,6 +177,10 @@ def merge_chunks(
             length when the parts are files too); the returned table is then empty.
         sample_fps: The rate the frames were sampled at, kept in the file's schema metadata
             for the steps that read the table (see :func:`detections_sample_fps`).
+
+    The frame size the parts were detected on is kept there too
+    (:func:`ml_models.tables.frame_size_of`): the boxes are its pixels, so the checks and the
+    tracker need not open the video for it.
     """
     parts = sorted(parts, key=lambda p: p.chunk.index)
     if [p.chunk.index for p in parts] != list(range(len(parts))):
@@ -184,9 +189,13 @@ def merge_chunks(
     per_class: dict[str, int] = {}
     rows = 0
     with contextlib.ExitStack() as stack:
-        schema = DETECTIONS
+        meta = {}
         if sample_fps is not None:
-            schema = DETECTIONS.with_metadata({SAMPLE_FPS_KEY: repr(float(sample_fps))})
+            meta[SAMPLE_FPS_KEY] = repr(float(sample_fps))
+        sizes = {p.frame_size for p in parts if p.frame_size}
+        if len(sizes) == 1:  # one video: one size (parts disagreeing would be a bug; say none)
+            meta.update(frame_size_metadata(sizes.pop()))
+        schema = DETECTIONS.with_metadata(meta) if meta else DETECTIONS
         writer = stack.enter_context(RowGroupWriter(sink, schema)) if sink else None
         for part in parts:
             for table in _owned_rows(part):

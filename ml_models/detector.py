@@ -407,6 +407,8 @@ class DetectionRun:
     per_class: dict[str, int] = field(default_factory=dict)
     # Times of every sampled frame, detections or not: chunk merges count frames by them.
     frame_times: list[float] = field(default_factory=list)
+    # (width, height) of the frames detected on: the frame the boxes are pixels of.
+    frame_size: tuple[int, int] | None = None
 
     @property
     def fps(self) -> float:
@@ -481,6 +483,7 @@ def detect_video(
                 held.append(table)
         run.frames += len(pending)
         run.frame_times.extend(f.t_s for f in pending)
+        run.frame_size = run.frame_size or (pending[0].bgr.shape[1], pending[0].bgr.shape[0])
         run.detections += len(rows)
         run.batches += 1
         for r in rows:

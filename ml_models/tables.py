@@ -58,6 +58,26 @@ PHASES = pa.schema(
     ]
 )
 
+# detections.parquet and tracks.parquet keep the (width, height) of the frames their boxes are
+# pixels of.
+FRAME_SIZE_KEY = b"surg.frame_size"
+
+
+def frame_size_metadata(size: tuple[int, int]) -> dict[bytes, str]:
+    """Schema metadata recording the frame size (width, height) a table's boxes are in."""
+    return {FRAME_SIZE_KEY: f"{int(size[0])},{int(size[1])}"}
+
+
+def frame_size_of(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of the frames a detections or tracks parquet file's boxes are pixels
+    of, from its schema metadata; None for files written before it was kept there."""
+    value = (pq.read_schema(str(path)).metadata or {}).get(FRAME_SIZE_KEY)
+    if not value:
+        return None
+    width, height = (int(v) for v in value.decode().split(","))
+    return width, height
+
+
 # phases.parquet keeps the shortest segment its smoothing allowed, so the check can hold the
 # timeline to it.
 MIN_SEGMENT_KEY = b"surg.min_segment_s"

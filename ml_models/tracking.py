@@ -36,6 +36,7 @@ from ml_models.tables import (
     ROW_GROUP_ROWS,
     TRACKS,
     RowGroupWriter,
+    frame_size_metadata,
     table_from_rows,
 )
 from ml_models.ultra import ultralytics_offline
@@ -308,7 +309,7 @@ def track_detections_to_parquet(
         first = pq.ParquetFile(str(online))
         ids = _offline_ids(first.read(columns=_OFFLINE_COLUMNS), sample_fps)
         at = 0
-        with RowGroupWriter(sink, TRACKS) as final:
+        with RowGroupWriter(sink, TRACKS.with_metadata(frame_size_metadata(frame_size))) as final:
             for batch in first.iter_batches(batch_size=ROW_GROUP_ROWS):
                 table = pa.Table.from_batches([batch])
                 final.write(_with_ids(table, ids[at : at + table.num_rows]))

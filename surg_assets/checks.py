@@ -19,6 +19,7 @@ from ml_models.tables import (
     PHASE_PROBABILITIES,
     ROW_GROUP_ROWS,
     TRACKS,
+    frame_size_of,
 )
 from ml_models.video import inspect_layout
 from resources.blob_store import BlobStore
@@ -280,8 +281,9 @@ def validate_detection_file(
     Args:
         path: A local detections or tracks parquet file.
         duration_s: The video's duration (times must lie inside it).
-        width: Frame width in pixels of the normalised video.
-        height: Frame height in pixels.
+        width: Frame width in pixels of the normalised video, for files that do not record
+            the frame size they were detected on (:func:`ml_models.tables.frame_size_of`).
+        height: Frame height in pixels, likewise.
         tracks: Whether the file is a tracks table (a track id on every row).
         batch_rows: Rows per batch.
 
@@ -290,6 +292,9 @@ def validate_detection_file(
         over batches.
     """
     name = "tracks" if tracks else "detections"
+    # The frame the detector saw, kept with the boxes, over the size the case's settings imply
+    # now (a changed transcode limit would misjudge every box of an older case).
+    width, height = frame_size_of(path) or (width, height)
     expectations = detection_expectations(duration_s, width, height, tracks)
     # Pre-buffering reads row groups ahead of the batch being decoded: with it the arrow pool's
     # peak grew with the case (117 MB for 5 minutes, 232 MB for 30, with ~1600-point outlines);

@@ -216,6 +216,7 @@ def detect_instrument_chunk(
         runtime=runtime,
         file=key,
         imgsz=imgsz,
+        frame_size=run.frame_size,
     )
 
 
@@ -320,6 +321,7 @@ def instrument_tracks(
 ) -> dg.MaterializeResult:
     """ByteTrack / BoT-SORT over the stored detections."""
     from ml_models.chunking import detections_sample_fps
+    from ml_models.tables import frame_size_of
     from ml_models.tracking import USAGE_COLUMNS, track_detections_to_parquet, usage_intervals
     from ml_models.video import inspect_layout
 
@@ -327,12 +329,17 @@ def instrument_tracks(
     case_id = context.partition_key
     case = catalog.get_case(case_id)
     key = metadata_key(case_id, "tracks.parquet")
-    with blob_store.local_copy(processed_video_key(case_id)) as video:
-        layout = inspect_layout(video)
     with (
         blob_store.local_copy(metadata_key(case_id, "detections.parquet")) as detections,
         tempfile.TemporaryDirectory(prefix="surg-tracks-") as tmp,
     ):
+        # The frame the boxes are pixels of, kept with them; only older files need the video
+        # (a full copy of it, decrypted, for two numbers).
+        frame_size = frame_size_of(detections)
+        if frame_size is None:
+            with blob_store.local_copy(processed_video_key(case_id)) as video:
+                layout = inspect_layout(video)
+            frame_size = (layout.width, layout.height)
         # Streamed file to file, and the light columns only where whole columns are needed:
         # the instance polygons, most of both tables, are never all in memory.
         sample_fps = detections_sample_fps(detections, DetectionConfig().sample_fps)
@@ -342,9 +349,7 @@ def instrument_tracks(
             set(pq.read_table(detections, columns=["model_version"]).column(0).unique().to_pylist())
         )
         sink = Path(tmp) / "tracks.parquet"
-        run = track_detections_to_parquet(
-            detections, sink, (layout.width, layout.height), sample_fps, config.tracker
-        )
+        run = track_detections_to_parquet(detections, sink, frame_size, sample_fps, config.tracker)
         light = pq.read_table(sink, columns=USAGE_COLUMNS)
         usage = usage_intervals(light, sample_fps, config.max_gap_s)
         blob_store.put_file(key, sink)

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from ml_models.tables import DETECTIONS, EVENTS, INSTRUMENT_USAGE, PHASES, TRACKS
+from ml_models.tables import DETECTIONS, EVENTS, INSTRUMENT_USAGE, PHASES, TRACKS, frame_size_of
+from ml_models.video import inspect_layout
 from resources.settings import load_settings
+from surg_assets.assets.ingest import processed_video_key
 from surg_assets.assets.perception import (
     DetectionConfig,
     EventsConfig,
@@ -116,6 +118,12 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
     phases = read_table(store, case_id, "phases.parquet").to_pandas()
     assert phases.start_s.iloc[0] == 0 and phases.end_s.iloc[-1] == pytest.approx(24, abs=1.5)
     assert set(phases.model_version) == {"phase_model:v1"}
+    # Detections and tracks keep the frame their boxes are pixels of: the transcoded video's.
+    with store.local_copy(processed_video_key(case_id)) as video:
+        layout = inspect_layout(video)
+    for name in ("detections.parquet", "tracks.parquet"):
+        with store.local_copy(metadata_key(case_id, name)) as path:
+            assert frame_size_of(path) == (layout.width, layout.height), name
     detections = read_table(store, case_id, "detections.parquet").to_pandas()
     # The checks above judged real rows, not an empty table.
     assert len(detections) > 0

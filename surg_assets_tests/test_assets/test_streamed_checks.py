@@ -12,7 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
-from ml_models.tables import DETECTIONS, INSTRUMENT_USAGE, TRACKS, RowGroupWriter
+from ml_models.tables import (
+    DETECTIONS,
+    INSTRUMENT_USAGE,
+    TRACKS,
+    RowGroupWriter,
+    frame_size_metadata,
+)
 from resources.settings import load_settings
 from surg_assets import checks
 from surg_assets.assets.perception import (
@@ -266,6 +272,25 @@ def test_an_empty_table_passes_and_one_without_columns_fails(tmp_path: Path) -> 
     assert not result.passed
     assert _failures(result)["expect_column_to_exist(mask)"] == "failed"
     assert _failures(result)["expect_column_to_exist(x1)"] == "failed"
+
+
+def test_boxes_are_judged_in_the_frame_the_file_says_they_were_detected_on(
+    tmp_path: Path,
+) -> None:
+    """A file records its frame size; the size the case's settings imply now is the fallback."""
+    wide = _with(_as_detections(_detections(8)), "x2", {3: WIDTH + 50.0})
+    plain = _write(tmp_path / "plain.parquet", wide, 32)
+    assert "expect_column_values_to_be_between(x2)" in _failures(_check(plain))
+    # Detected on a 1280 x 720 frame: the same box is inside it.
+    larger = wide.replace_schema_metadata(frame_size_metadata((1280, 720)))
+    assert _check(_write(tmp_path / "larger.parquet", larger, 32)).passed
+    # Detected on a smaller frame than the case would imply now: boxes past it fail.
+    smaller = _as_detections(_detections(8)).replace_schema_metadata(
+        frame_size_metadata((320, 180))
+    )
+    assert "expect_column_values_to_be_between(x2)" in _failures(
+        _check(_write(tmp_path / "smaller.parquet", smaller, 32))
+    )
 
 
 @pytest.mark.parametrize(
