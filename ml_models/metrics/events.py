@@ -15,7 +15,8 @@ class EventScores:
     """Per-kind and overall interval matching scores.
 
     Attributes:
-        per_kind: kind -> {"precision", "recall", "f1", "tp", "fp", "fn"}.
+        per_kind: kind -> {"precision", "recall", "f1", "tp", "fp", "fn"}. Recall is None for
+            a kind with no ground-truth event, precision None for one never predicted.
         precision: Over all kinds (micro average).
         recall: Over all kinds.
         f1: Over all kinds.
@@ -23,9 +24,9 @@ class EventScores:
         tolerance_s: How far an instantaneous event (a scene cut) may be off.
     """
 
-    precision: float
-    recall: float
-    f1: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
     per_kind: dict[str, dict] = field(default_factory=dict)
     iou_threshold: float = 0.5
     tolerance_s: float = 1.0
@@ -52,9 +53,13 @@ def _as_interval(x: Annotation | Interval) -> Interval:
     return (str(x[0]), float(x[1]), float(x[2]))
 
 
-def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
+def _prf(tp: int, fp: int, fn: int) -> tuple[float | None, float | None, float | None]:
+    # Undefined, not 0: with no event of a kind in the ground truth, recall says nothing (a
+    # 0.0 would read as every event missed); with no prediction, precision says nothing.
+    p = tp / (tp + fp) if tp + fp else None
+    r = tp / (tp + fn) if tp + fn else None
+    if p is None or r is None:
+        return p, r, None
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 

@@ -141,7 +141,7 @@ def phase_metrics(
     """Frame-wise phase scores, and relaxed-boundary scores (Cholec80 papers' 10 s window).
 
     Args:
-        ground_truth: Phase id per frame.
+        ground_truth: Phase id per frame; -1 for an unlabelled frame, which is not scored.
         predictions: Predicted phase id per frame (same length).
         fps: Frames per second of the sequences (sets the window in frames).
         relaxed_window_s: Relaxed boundary window in seconds; None skips the relaxed scores.
@@ -151,7 +151,7 @@ def phase_metrics(
         Strict scores, with the relaxed ones in ``relaxed``.
 
     Raises:
-        InputError: When the sequences differ in length or are empty.
+        InputError: When the sequences differ in length, are empty, or no frame is labelled.
     """
     gt, pred = np.asarray(ground_truth, int), np.asarray(predictions, int)
     if gt.shape != pred.shape or gt.ndim != 1 or len(gt) == 0:
@@ -159,11 +159,16 @@ def phase_metrics(
             "phase ground truth and predictions must be equally long, non-empty sequences;"
             f" got {len(gt)} and {len(pred)} frames."
         )
-    strict = _scores(gt == pred, gt, pred, num_phases)
+    # Frames the ground truth leaves unlabelled (-1, a gap between annotated intervals) are
+    # not scored, as in Cholec80's evaluation: no prediction there is right or wrong.
+    labelled = gt >= 0
+    if not labelled.any():
+        raise InputError("no frame of the phase ground truth is labelled; nothing to score.")
+    g, p = gt[labelled], pred[labelled]
+    strict = _scores((gt == pred)[labelled], g, p, num_phases)
     if relaxed_window_s is not None:
-        strict.relaxed = _scores(
-            relaxed_correct(gt, pred, int(round(relaxed_window_s * fps))), gt, pred, num_phases
-        )
+        window = int(round(relaxed_window_s * fps))
+        strict.relaxed = _scores(relaxed_correct(gt, pred, window)[labelled], g, p, num_phases)
     return strict
 
 

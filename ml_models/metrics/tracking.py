@@ -69,6 +69,37 @@ def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def _without_ignored(
+    gt: list[Annotation], pred: list[Annotation]
+) -> tuple[list[Annotation], list[Annotation]]:
+    """MOTChallenge's preprocessing: ground truth marked not to be considered (``consider``
+    False, a 0 in a MOT file's seventh column) is dropped, and so is a prediction matched to it
+    (one-to-one by IoU, at 0.5 or more) in that frame: neither a miss nor a false alarm."""
+    if all(a.attributes.get("consider", True) for a in gt):
+        return gt, pred
+    from scipy.optimize import linear_sum_assignment
+
+    by_g, by_p = defaultdict(list), defaultdict(list)
+    for a in gt:
+        by_g[a.frame_index].append(a)
+    for a in pred:
+        by_p[a.frame_index].append(a)
+    dropped: set[int] = set()
+    for f, g in by_g.items():
+        p = by_p.get(f, [])
+        if not p or all(a.attributes.get("consider", True) for a in g):
+            continue
+        iou = box_iou_matrix(
+            np.array([a.box for a in g], float), np.array([a.box for a in p], float)
+        )
+        rows, cols = linear_sum_assignment(-np.where(iou >= 0.5 - 1e-9, iou, 0.0))
+        for r, c in zip(rows, cols, strict=True):
+            if iou[r, c] >= 0.5 - 1e-9 and not g[r].attributes.get("consider", True):
+                dropped.add(id(p[c]))
+    kept_gt = [a for a in gt if a.attributes.get("consider", True)]
+    return kept_gt, [a for a in pred if id(a) not in dropped]
+
+
 def _sequence_data(gt: list[Annotation], pred: list[Annotation], name: str) -> dict:
     frames = sorted({a.frame_index for a in gt} | {a.frame_index for a in pred})
     gid = {t: i for i, t in enumerate(sorted({a.track_id for a in gt}))}
@@ -114,6 +145,8 @@ def tracking_metrics(
 
     Class-agnostic by default (as MOTChallenge scores one class); pass ``class_name`` to score one
     instrument class. Sequences are the ``video`` of the annotations; frames their ``frame_index``.
+    Ground truth marked not to be considered is left out, with the predictions on it, as
+    MOTChallenge's evaluation does.
 
     Args:
         ground_truth: Ground-truth boxes with ``track_id``.
@@ -124,7 +157,8 @@ def tracking_metrics(
         The scores, combined over sequences as TrackEval combines them.
 
     Raises:
-        InputError: When a box has no track id or frame index.
+        InputError: When a box has no track id or frame index, or when no sequence has both
+            ground truth and predictions.
     """
     for a in list(ground_truth) + list(predictions):
         if a.track_id is None or a.frame_index is None or a.box is None:
@@ -135,6 +169,16 @@ def tracking_metrics(
     if class_name is not None:
         ground_truth = [a for a in ground_truth if a.class_name == class_name]
         predictions = [a for a in predictions if a.class_name == class_name]
+    truth_videos = {a.video for a in ground_truth}
+    predicted_videos = {a.video for a in predictions}
+    if truth_videos and predicted_videos and not truth_videos & predicted_videos:
+        # Scored apart, each side would read as all misses and all false alarms: zeros that
+        # look like a result.
+        raise InputError(
+            f"the predictions are of {', '.join(sorted(predicted_videos))} and the ground truth "
+            f"of {', '.join(sorted(truth_videos))}: no sequence is in both; name the prediction "
+            "file (or folder) as its ground-truth sequence."
+        )
     # TrackEval imports its dataset loaders (and matplotlib): only pay for it when scoring.
     from trackeval.metrics import CLEAR, HOTA, Identity
 
@@ -146,9 +190,10 @@ def tracking_metrics(
     }
     per_seq: dict[str, dict] = {k: {} for k in metrics}
     for v in videos:
-        data = _sequence_data(
-            [a for a in ground_truth if a.video == v], [a for a in predictions if a.video == v], v
+        gt, pred = _without_ignored(
+            [a for a in ground_truth if a.video == v], [a for a in predictions if a.video == v]
         )
+        data = _sequence_data(gt, pred, v)
         for k, m in metrics.items():
             per_seq[k][v] = m.eval_sequence(data)
     if not videos:

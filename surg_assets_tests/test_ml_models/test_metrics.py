@@ -136,6 +136,29 @@ def test_missed_and_false_boxes_count_in_mota() -> None:
     assert s.idf1 == pytest.approx(0.75)
 
 
+def test_ground_truth_marked_not_to_be_considered_is_left_out_with_its_predictions() -> None:
+    # A MOT file's 0 in column 7: an ignore region. Track 1 is followed perfectly; track 2
+    # (ignored) is also "found". Scored as MOTChallenge scores it, that is perfect tracking.
+    # Counting it would make track 2 a miss or its prediction a false alarm (HOTA 0.707).
+    a, b = (0, 0, 20, 20), (100, 100, 140, 140)
+    gt = [box(f, a, track=1) for f in range(4)] + [box(f, b, track=2) for f in range(4)]
+    for g in gt[4:]:
+        g.attributes["consider"] = False
+    pred = [box(f, a, track=5) for f in range(4)] + [box(f, b, track=6) for f in range(4)]
+    s = tracking_metrics(gt, pred)
+    assert (s.hota, s.idf1, s.mota) == pytest.approx((1.0, 1.0, 1.0))
+    # A prediction elsewhere is still a false alarm: only what lies on the ignored box goes.
+    stray = box(0, (150, 0, 170, 20), track=9)
+    assert tracking_metrics(gt, [*pred, stray]).mota == pytest.approx(0.75)
+
+
+def test_predictions_of_another_sequence_are_refused_rather_than_scored_zero() -> None:
+    gt = [box(f, (0, 0, 20, 20), track=1, video="seq-02") for f in range(3)]
+    pred = [box(f, (0, 0, 20, 20), track=1, video="pred") for f in range(3)]
+    with pytest.raises(InputError, match="no sequence is in both"):
+        tracking_metrics(gt, pred)
+
+
 # -- phases ----------------------------------------------------------------------------------
 
 
@@ -166,6 +189,17 @@ def test_relaxed_window_forgives_only_neighbours_near_boundaries() -> None:
     s = phase_metrics(gt, pred, fps=1, relaxed_window_s=1)
     assert s.accuracy == pytest.approx(5 / 7)
     assert s.relaxed.accuracy == pytest.approx(6 / 7)
+
+
+def test_unlabelled_frames_are_not_scored() -> None:
+    # Frames 4-7 have no label (a gap between annotated intervals): 6 frames are scored, of
+    # which the two of phase 1 are right. Phase 1: TP 2, predicted 6 scored, true 2 -> J 1/3.
+    gt = [0, 0, 0, 0, -1, -1, -1, -1, 1, 1]
+    s = phase_metrics(gt, [1] * 10, fps=1)
+    assert s.accuracy == pytest.approx(2 / 6)
+    assert s.jaccard[:2] == pytest.approx([0.0, 1 / 3])
+    with pytest.raises(InputError, match="no frame of the phase ground truth is labelled"):
+        phase_metrics([-1, -1], [0, 1])
 
 
 def test_phase_sequences_must_match_in_length() -> None:
@@ -208,6 +242,18 @@ def test_event_intervals_match_by_temporal_iou() -> None:
     # Overall: TP 2, FP 2, FN 1 -> P 0.5, R 2/3.
     assert s.precision == pytest.approx(0.5)
     assert s.recall == pytest.approx(2 / 3)
+
+
+def test_a_kind_without_ground_truth_has_no_recall_rather_than_zero() -> None:
+    # No black frame in the truth and one false alarm: precision 0, recall undefined (a 0.0
+    # would read as every black stretch missed).
+    s = event_metrics([("scene_cut", 5.0, 5.0)], [("scene_cut", 5.0, 5.0), ("black", 1.0, 2.0)])
+    assert s.per_kind["black"]["precision"] == 0.0
+    assert s.per_kind["black"]["recall"] is None and s.per_kind["black"]["f1"] is None
+    assert s.per_kind["scene_cut"]["recall"] == 1.0
+    assert s.recall == 1.0 and s.precision == 0.5
+    empty = event_metrics([], [])
+    assert (empty.precision, empty.recall, empty.f1) == (None, None, None)
 
 
 def test_instant_events_match_within_tolerance() -> None:
