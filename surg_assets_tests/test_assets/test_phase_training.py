@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from ml_models.events import OutOfBodyClassifier
@@ -70,6 +71,20 @@ def test_phase_labels_train_both_models_from_one_snapshot(
         assert row.status == "Pending" and row.dataset_version == "phase_dataset:v1"
         assert 0.0 <= row.metrics[metric] <= 1.0
         assert blob_store.exists(f"models/{name}/v1/weights.pt")
+    # The registered figure is the model's accuracy on the held-out seconds, recomputed here
+    # from the snapshot's val split and the stored weights (not a training figure).
+    held_out = [
+        (np.load(side / "frames.npy"), json.loads((side / "labels.json").read_text()))
+        for side in (folder / "cases").glob("*/val")
+    ]
+    with blob_store.local_copy("models/phase_model/v1/weights.pt") as pt:
+        stored = PhaseModel.load(pt)
+        hits = np.concatenate(
+            [stored.predict_images(f).argmax(1) == lab["phase_ids"] for f, lab in held_out]
+        )
+    (phase_row,) = registry.versions("phase_model")
+    assert phase_row.metrics["val_frame_accuracy"] == pytest.approx(float(hits.mean()))
+    assert phase_row.metrics["val_seconds"] == len(hits) == sum(len(f) for f, _ in held_out)
     # The ONNX graphs give what the PyTorch bundles give, on the snapshot's own frames.
     sample = np.load(next(folder.rglob("frames.npy")))[:30]
     with (
@@ -219,3 +234,30 @@ def test_the_approved_phase_model_is_scored_on_the_same_seconds_when_it_knows_th
     assert seen == [list(PHASES)]
     assert _phase_baseline(registry, list(POEM_STEPS), score, context) == {}
     assert len(seen) == 1
+
+
+def test_a_phase_model_under_its_gate_is_rejected_and_fails_its_check(
+    surg_home: Path, synthetic_case: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SURG_MIN_PHASE_MODEL_VAL_FRAME_ACCURACY`` above any score: refused, the run fails."""
+    monkeypatch.setenv("SURG_MIN_PHASE_MODEL_VAL_FRAME_ACCURACY", "1.01")
+    resources = build_resources(load_settings())
+    catalog, blob_store, registry = (resources[k] for k in ("catalog", "blob_store", "registry"))
+    catalog.ensure_case(CASE)
+    blob_store.put_file(processed_video_key(CASE), synthetic_case / "video.mp4")
+    records = load_annotations(synthetic_case / "phase.txt", fps=25).to_records()
+    catalog.add_annotations([{**r, "case_id": CASE} for r in records], dataset="s", author="lab")
+    tiny = {"phase_model": {"config": {"encoder_epochs": 1, "temporal_epochs": 5}}}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [phase_dataset, phase_model],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": tiny},
+            raise_on_error=False,
+        )
+    assert not result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed
+    (row,) = registry.versions("phase_model")
+    assert row.status == "Rejected" and "val_frame_accuracy" in (row.reason or "")
