@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 # Run as a script, this folder is on the path (as for the other benches).
 from perception_quality import (  # noqa: E402
+    MAP_CONF,
     SAMPLE_FPS,
     pipeline_tracks,
     sampled_truth,
@@ -71,7 +72,9 @@ def seeds_from(text: str) -> list[int]:
 
 def case_figures(case: Path, model: object) -> dict[str, float]:
     """Tracking, detection and usage figures of one rendered case at the pipeline's settings."""
-    det, _ = detect_video(model, str(case / "video.mp4"), "bench", "default", sample_fps=SAMPLE_FPS)
+    det, _ = detect_video(
+        model, str(case / "video.mp4"), "bench", "default", sample_fps=SAMPLE_FPS, conf=MAP_CONF
+    )
     tracks = pipeline_tracks(case, det)
     figures = tracking_figures(case, det, sampled_truth(case, det), tracks)
     truth = usage_by_class(case, truth_tracks(case))
