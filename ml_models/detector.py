@@ -78,12 +78,18 @@ def load_model(
     ultralytics_offline()
     from ultralytics import YOLO
 
+    if runtime == "onnx":
+        return YOLO(str(onnx_graph(path, imgsz, cache_dir)), task="segment")
+    return _checkpoint(path)
+
+
+def _checkpoint(path: Path) -> Any:
+    """Ultralytics' model of a ``.pt`` checkpoint; a file it cannot read is the user's error
+    (an export or inference failure afterwards is not, and is not reported as one)."""
+    from ultralytics import YOLO
+
     try:
-        if runtime == "onnx":
-            return YOLO(str(onnx_graph(path, imgsz, cache_dir)), task="segment")
         return YOLO(str(path), task="segment")
-    except InputError:
-        raise
     except Exception as e:  # a truncated or foreign file fails deep inside torch/ultralytics
         raise _damaged(e) from None
 
@@ -135,8 +141,6 @@ def onnx_graph(weights: Path, imgsz: int, cache_dir: str | Path | None = None) -
     import shutil
     import tempfile
 
-    from ultralytics import YOLO
-
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     target = Path(cache_dir or weights.parent) / f"{weights.stem}-{digest}-{imgsz}.onnx"
     if target.exists():
@@ -144,7 +148,7 @@ def onnx_graph(weights: Path, imgsz: int, cache_dir: str | Path | None = None) -
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model.pt"
         shutil.copyfile(weights, local)
-        exported = YOLO(str(local), task="segment").export(
+        exported = _checkpoint(local).export(
             format="onnx", imgsz=imgsz, dynamic=True, simplify=True, verbose=False
         )
         target.parent.mkdir(parents=True, exist_ok=True)

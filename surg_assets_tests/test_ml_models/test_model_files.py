@@ -46,6 +46,10 @@ def test_a_truncated_weights_file_is_named_with_what_to_do(name: str, tmp_path: 
     if name == "instrument_detector":
         with pytest.raises(InputError, match="cannot be read"):
             trained_imgsz(damaged)
+        # Through the ONNX export too, and nothing half-exported is left.
+        with pytest.raises(InputError, match="cannot be read"):
+            load(damaged, "onnx", 64, cache_dir=tmp_path / "onnx")
+        assert not list(tmp_path.rglob("*.onnx"))
 
 
 @pytest.mark.parametrize("name", ["phase_model", "out_of_body_model"])
