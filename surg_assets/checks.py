@@ -390,7 +390,11 @@ def tracks_contract(
     usage = SuiteTally()
     usage.add_side_table(
         "instrument_usage",
-        side_table_tally(blob_store, case_id, "instrument_usage", usage_expectations(facts[0])),
+        side_table_tally(
+            "instrument_usage",
+            stored_table(blob_store, case_id, "instrument_usage"),
+            usage_expectations(facts[0]),
+        ),
     )
     if not usage.failed:
         return result
@@ -423,22 +427,28 @@ def usage_expectations(duration_s: float) -> list:
     ]
 
 
+def stored_table(blob_store: BlobStore, case_id: str, name: str) -> pa.Table | None:
+    """A case's small table ``{name}.parquet``, or None when it was never written."""
+    if not blob_store.exists(metadata_key(case_id, f"{name}.parquet")):
+        return None
+    return read_table(blob_store, case_id, f"{name}.parquet")
+
+
 def side_table_tally(
-    blob_store: BlobStore,
-    case_id: str,
     name: str,
+    table: pa.Table | None,
     expectations: list,
     prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> SuiteTally:
-    """A small table an asset writes beside its main one (``{name}.parquet``), validated
-    whole against ``expectations`` and its contract's column types."""
+    """A small table an asset writes beside its main one (``{name}.parquet``, read by
+    :func:`stored_table`; None: missing), validated whole against ``expectations`` and its
+    contract's column types."""
     from ml_models.tables import SCHEMAS
 
-    if not blob_store.exists(metadata_key(case_id, f"{name}.parquet")):
+    if table is None:
         tally = SuiteTally()
         tally.add(f"expect_table_to_exist({name}.parquet)", None)
         return tally
-    table = read_table(blob_store, case_id, f"{name}.parquet")
     df = table.to_pandas()
     tally = validate_frames([prepare(df) if prepare else df], name, expectations)
     tally.add_schema(table.schema, SCHEMAS[name])
@@ -506,27 +516,26 @@ def phase_columns(df: pd.DataFrame, vocabulary: dict[int, str]) -> pd.DataFrame:
 def phases_contract(blob_store: BlobStore, case_id: str, duration: float) -> dg.AssetCheckResult:
     """The phases check on a case's stored phases and phase probabilities."""
 
+    phases = stored_table(blob_store, case_id, "phases")
+    per_second = stored_table(blob_store, case_id, "phase_probabilities")
     vocabulary: dict[int, str] = {}
-    min_segment_s = 0.0
-    if blob_store.exists(metadata_key(case_id, "phase_probabilities.parquet")):
-        names = read_table(blob_store, case_id, "phase_probabilities.parquet")
-        pairs = names.group_by(["phase_id", "phase_name"]).aggregate([]).to_pydict()
+    if per_second is not None:
+        pairs = per_second.group_by(["phase_id", "phase_name"]).aggregate([]).to_pydict()
         vocabulary = dict(zip(pairs["phase_id"], pairs["phase_name"], strict=True))
-    if blob_store.exists(metadata_key(case_id, "phases.parquet")):
-        meta = read_table(blob_store, case_id, "phases.parquet").schema.metadata or {}
-        min_segment_s = float(meta.get(MIN_SEGMENT_KEY, 0.0))
+    meta = (phases.schema.metadata if phases is not None else None) or {}
+    min_segment_s = float(meta.get(MIN_SEGMENT_KEY, 0.0))
 
     def with_sums(df: pd.DataFrame) -> pd.DataFrame:
         return df.assign(second_total=df.groupby("t_s")["probability"].transform("sum"))
 
     expectations = phase_expectations(duration, min_segment_s)
     tally = side_table_tally(
-        blob_store, case_id, "phases", expectations, lambda df: phase_columns(df, vocabulary)
+        "phases", phases, expectations, lambda df: phase_columns(df, vocabulary)
     )
     probabilities = probability_expectations(duration)
     tally.add_side_table(
         "phase_probabilities",
-        side_table_tally(blob_store, case_id, "phase_probabilities", probabilities, with_sums),
+        side_table_tally("phase_probabilities", per_second, probabilities, with_sums),
     )
     return tally.check_result("phases", len(expectations) + len(probabilities))
 
@@ -580,7 +589,7 @@ def events_meet_contract(
 def events_contract(blob_store: BlobStore, case_id: str, duration: float) -> dg.AssetCheckResult:
     """The events check on a case's stored events table."""
     expectations = event_expectations(duration)
-    tally = side_table_tally(blob_store, case_id, "events", expectations)
+    tally = side_table_tally("events", stored_table(blob_store, case_id, "events"), expectations)
     return tally.check_result("events", len(expectations))
 
 
