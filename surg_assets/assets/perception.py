@@ -22,7 +22,7 @@ from ml_models.tables import (
     table_from_rows,
     to_parquet_bytes,
 )
-from ml_models.tracking import USAGE_GAP_S
+from ml_models.tracking import TRACKERS, USAGE_GAP_S
 from resources.blob_store import BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
@@ -298,7 +298,7 @@ class TrackingConfig(dg.Config):
     # BoT-SORT (no re-id, no camera-motion compensation: it tracks from the table) scored above
     # ByteTrack on both held-out synthetic cases with the default detector (HOTA 0.63 / 0.58
     # against 0.58 / 0.57; BENCHMARKS.md 2026-12-02).
-    tracker: str = Field("botsort", pattern="^(botsort|bytetrack)$")
+    tracker: str = Field("botsort", pattern=f"^({'|'.join(TRACKERS)})$")
     # Bridges gaps within one track. Tracks are already cut where unseen for over
     # ml_models.tracking.SPLIT_GAP_S (1 s), so only a value below that changes the intervals;
     # gaps between tracks of one class are bridged by case_analysis (its usage_gap_s).
