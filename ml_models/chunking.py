@@ -103,6 +103,7 @@ class ChunkDetections:
     file: str | None = None
     imgsz: int | None = None
     frame_size: tuple[int, int] | None = None  # (width, height) of the frames detected on
+    video_bytes_read: int = 0  # of the video, read by range for this chunk
 
     @property
     def owned_frames(self) -> int:

@@ -24,7 +24,7 @@ from ml_models.formats.cholec80 import INSTRUMENT_CLASSES
 from ml_models.formats.yolo import data_yaml_parts
 from ml_models.tables import DETECTIONS, RowGroupWriter, table_from_rows
 from ml_models.ultra import OFFLINE_TRAIN_ARGS, ultralytics_offline
-from ml_models.video import SampledFrame, sample_frames
+from ml_models.video import SampledFrame, VideoSource, sample_frames
 
 DEFAULT_ARCH = "yolo11n-seg.yaml"
 
@@ -422,7 +422,7 @@ class DetectionRun:
 
 def detect_video(
     model: Any,
-    video: str | Path,
+    video: VideoSource,
     case_id: str,
     model_version: str,
     sample_fps: float = 5.0,

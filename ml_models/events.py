@@ -26,7 +26,7 @@ import torch
 
 from ml_models.frames import FrameCNN, load_bundle, predict_proba, prepare
 from ml_models.tables import EVENTS, table_from_rows
-from ml_models.video import sample_frames
+from ml_models.video import VideoSource, open_video, sample_frames
 
 EVENT_KINDS = (
     "black",
@@ -412,9 +412,9 @@ class SceneCuts:
         return round(min(1.0, change / (2 * self.threshold)), 4)
 
 
-def scene_cuts(video: str | Path, threshold: float = 27.0) -> list[Event]:
+def scene_cuts(video: VideoSource, threshold: float = 27.0) -> list[Event]:
     """Hard cuts of a whole video (:class:`SceneCuts` over one decode of it)."""
-    with av.open(str(video)) as container:
+    with open_video(video) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         cuts = SceneCuts(stream, threshold)
@@ -521,7 +521,7 @@ class EventScan:
 
 
 def scan_video(
-    video: str | Path,
+    video: VideoSource,
     out_of_body: OutOfBodyClassifier | None,
     sample_fps: float = 2.0,
     cut_threshold: float = 27.0,
@@ -533,7 +533,7 @@ def scan_video(
     text = TextPersistence(window=max(3, int(4 * sample_fps)))
     text_hits: list[tuple[float, list[tuple[int, int, int, int]], list[float]]] = []
     black_runs = BlackRuns()
-    with av.open(str(video)) as container:
+    with open_video(video) as container:
         cuts = SceneCuts(container.streams.video[0], cut_threshold)
 
     def every_frame(frame: av.VideoFrame) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ml_models.errors import InputError
-from ml_models.video import sample_frames
+from ml_models.video import VideoSource, sample_frames
 
 FRAME_SIZE = 96
 
@@ -129,7 +129,7 @@ def frames_per_second(video: str | Path, fps: float = 1.0) -> tuple[np.ndarray, 
 @torch.no_grad()
 def embed_video(
     model: FrameCNN,
-    video: str | Path,
+    video: VideoSource,
     fps: float = 1.0,
     batch_size: int = 256,
     device: str = "cpu",

@@ -30,6 +30,7 @@ from ml_models.frames import (
     load_bundle,
     train_classifier,
 )
+from ml_models.video import VideoSource
 
 
 class Residual(nn.Module):
@@ -234,7 +235,7 @@ class PhaseModel:
         prior = self.prior if whole else None
         return probs, segments_from_probabilities(probs, step, min_segment_s, prior), whole
 
-    def embed_video(self, video: str | Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    def embed_video(self, video: VideoSource, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
         """(times (T,), embeddings (T, feature_dim)) of a video sampled at the model's rate,
         embedded as it is decoded (the frames are never all held)."""
         return embed_video(self.encoder, video, self.sample_fps, device=device)

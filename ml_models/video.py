@@ -14,11 +14,29 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
 
 from ml_models.errors import VideoValidationError
+
+# A video to read: a local file, or a seekable binary file object (an object in the lake read by
+# range, :meth:`resources.blob_store.BlobStore.open_ranged`).
+VideoSource = str | Path | BinaryIO
+
+
+def open_video(video: VideoSource) -> av.container.InputContainer:
+    """Open a video for reading from a path or from a seekable file object.
+
+    A file object is read from its start, so one object can be opened once after another (a
+    quick look at the stream, then a decoding pass); it stays open when the container closes.
+    """
+    if isinstance(video, str | Path):
+        return av.open(str(video), mode="r")
+    video.seek(0)
+    return av.open(video, mode="r")
+
 
 # Codecs a hospital recorder or a phone actually produces and FFmpeg decodes reliably. Anything
 # else (raw, lossless archival, image codecs) is refused so the user converts it deliberately.
@@ -559,14 +577,17 @@ class StreamLayout:
     foreign_tags: dict[str, str]
 
 
-def inspect_layout(path: str | Path) -> StreamLayout:
+def inspect_layout(path: VideoSource) -> StreamLayout:
     """Read packet timing and keyframes (no decoding) to check a normalised video's contract."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
+    if isinstance(path, str | Path):
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    else:
+        path.seek(0)
+        head = path.read(1 << 16)
     moov, mdat = head.find(b"moov"), head.find(b"mdat")
     faststart = moov != -1 and (mdat == -1 or moov < mdat)
-    with av.open(str(path)) as c:
+    with open_video(path) as c:
         vs = c.streams.video[0]
         tags = {**c.metadata, **vs.metadata}
         foreign = {k: v for k, v in tags.items() if k not in _STRUCTURAL_TAGS}
@@ -645,7 +666,7 @@ def _decode_skipping(
 
 
 def sample_frames(
-    path: str | Path,
+    path: VideoSource,
     sample_fps: float,
     max_queue: int = 32,
     start_s: float = 0.0,
@@ -667,7 +688,7 @@ def sample_frames(
 
     def decode() -> None:
         try:
-            with av.open(str(path)) as container:
+            with open_video(path) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 rate = float(stream.average_rate or stream.guessed_rate or 25)

@@ -20,13 +20,13 @@ import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from ml_models.errors import InputError
 from resources.lake_crypto import (
@@ -51,6 +51,9 @@ _META_DIR = ".meta"
 DROP_PREFIX = "raw-videos/"
 _CASE_ID_RE = re.compile(r"^c[0-9a-f]{16}$")
 _BLOCK = 1024 * 1024
+# Bytes per fetch of a ranged reader: one encryption chunk of the local lake; on S3, a ranged GET
+# small enough that a chunk's edges and the index at the front cost little (BENCHMARKS.md).
+RANGED_BLOCK = _BLOCK
 
 
 def check_key(key: str) -> str:
@@ -113,8 +116,106 @@ def _read_span(fh: BinaryIO, start: int, end: int) -> Iterator[bytes]:
         yield block
 
 
+class RangedReader(io.RawIOBase):
+    """A read-only, seekable file over an object, fetched by range a block at a time.
+
+    PyAV reads a container through it (``av.open(reader)``) without the object ever being
+    copied whole: a detection chunk of a long case fetches, decrypts and authenticates only the
+    blocks its time range lies in, and the plaintext is never written to disk. The last few
+    blocks are kept, because demuxers seek back a little (an index at the end, a packet that
+    straddles two blocks).
+
+    Args:
+        fetch: ``fetch(start, end)`` returns the bytes ``start..end`` (inclusive).
+        size: The object's plaintext length.
+        block_size: Bytes per fetch.
+        cached_blocks: Blocks kept in memory.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[int, int], bytes],
+        size: int,
+        block_size: int = RANGED_BLOCK,
+        cached_blocks: int = 3,
+    ) -> None:
+        super().__init__()
+        self._fetch, self._size, self._block = fetch, size, block_size
+        self._cache: dict[int, bytes] = {}
+        self._keep = cached_blocks
+        self._pos = 0
+        # What was read from the store, and in how many requests (for tests and benches).
+        self.fetched_bytes = 0
+        self.fetches = 0
+
+    @property
+    def size(self) -> int:
+        """The object's length in bytes."""
+        return self._size
+
+    def readable(self) -> bool:
+        """Always true."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always true."""
+        return True
+
+    def tell(self) -> int:
+        """The current position."""
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position as :meth:`io.IOBase.seek` does (past the end reads nothing)."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def _block_at(self, index: int) -> bytes:
+        data = self._cache.pop(index, None)
+        if data is None:
+            start = index * self._block
+            data = self._fetch(start, min(start + self._block, self._size) - 1)
+            self.fetched_bytes += len(data)
+            self.fetches += 1
+            while len(self._cache) >= self._keep:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[index] = data  # most recently used last
+        return data
+
+    def close(self) -> None:
+        """Drop the held blocks."""
+        self._cache.clear()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the current position; 0 at the end."""
+        if self.closed:
+            raise ValueError("read from a closed ranged reader")
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self._size:
+            index, offset = divmod(self._pos, self._block)
+            block = self._block_at(index)
+            n = min(len(view) - done, len(block) - offset)
+            if n <= 0:  # the store returned less than promised: stop rather than spin
+                break
+            view[done : done + n] = block[offset : offset + n]
+            done += n
+            self._pos += n
+        return done
+
+
 class BlobStore(dg.ConfigurableResource, ABC):
-    """The object store: a local folder or an S3 bucket, same keys, same guarantees."""
+    """The object store: a local folder or an S3 bucket, same keys, same guarantees.
+
+    ``range_block_bytes`` is what a ranged reader (:meth:`open_ranged`) fetches at a time: one
+    ranged GET on S3; on an encrypted local lake, rounded up to whole encryption chunks.
+    """
+
+    range_block_bytes: int = Field(RANGED_BLOCK, gt=0)
 
     @abstractmethod
     def put_file(self, key: str, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -160,6 +261,29 @@ class BlobStore(dg.ConfigurableResource, ABC):
         """Bytes ``start..end`` (inclusive) of an object, in blocks, without loading it whole."""
         with self.local_copy(key) as path, open(path, "rb") as fh:
             yield from _read_span(fh, start, end)
+
+    @contextlib.contextmanager
+    def open_ranged(self, key: str, block_size: int | None = None) -> Iterator[RangedReader]:
+        """The object as a read-only, seekable file that fetches only the ranges read.
+
+        For readers that visit part of a large object (a chunk of a long video): nothing is
+        copied whole and no plaintext reaches the disk. Each fetch is ``block_size`` bytes
+        (default ``range_block_bytes``; one ranged GET on S3); the reader's ``fetched_bytes``
+        says how much was read. Stores with a cheaper way in override it.
+
+        Raises:
+            FileNotFoundError: No object is stored under ``key``.
+        """
+        info = self.head(key)
+        if info is None:
+            raise FileNotFoundError(f"no object {key}")
+        reader = RangedReader(
+            lambda s, e: b"".join(self.read_range(key, s, e)),
+            info.size,
+            block_size or self.range_block_bytes,
+        )
+        with reader:
+            yield reader
 
     def list_after(self, prefix: str, cursor: str | None) -> tuple[list[BlobInfo], str | None]:
         """Objects under ``prefix`` newer than ``cursor``, oldest first, and the next cursor.
@@ -360,6 +484,28 @@ class LocalBlobStore(BlobStore):
             return
         with super().local_copy(key) as path:
             yield path
+
+    @contextlib.contextmanager
+    def open_ranged(self, key: str, block_size: int | None = None) -> Iterator[RangedReader]:
+        """The object as a seekable file through one open handle: an encrypted object
+        decrypted (and authenticated) a chunk at a time as it is read, a plain dropped file as
+        it is. ``block_size`` (default ``range_block_bytes``) is rounded up to whole encryption
+        chunks, so that no chunk is decrypted for two blocks.
+        """
+        block = block_size or self.range_block_bytes
+        with self._open(key) as (fh, reader, size):
+            if reader is None:
+
+                def fetch(start: int, end: int) -> bytes:
+                    return b"".join(_read_span(fh, start, end))
+            else:
+                block = reader.chunk_size * max(1, -(-block // reader.chunk_size))
+
+                def fetch(start: int, end: int) -> bytes:
+                    return b"".join(reader.read_range(start, end))
+
+            with RangedReader(fetch, size, block_size=block) as r:
+                yield r
 
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``start..end`` (inclusive), decrypting only the chunks that overlap them."""
@@ -566,6 +712,45 @@ class S3BlobStore(BlobStore):
             Bucket=self.bucket, Key=self._full(key), Range=f"bytes={start}-{end}"
         )
         yield from obj["Body"].iter_chunks(_BLOCK)
+
+    @contextlib.contextmanager
+    def open_ranged(self, key: str, block_size: int | None = None) -> Iterator[RangedReader]:
+        """Ranged GETs pinned to the object's ETag: an object replaced while it is being read
+        (a rerun re-materialising the video) fails the read rather than mixing two versions.
+
+        Raises:
+            FileNotFoundError: No object is stored under ``key``.
+            BlobIntegrityError: The object changed while it was being read.
+        """
+        from botocore.exceptions import ClientError
+
+        full = self._full(key)
+        try:
+            head = self._s3().head_object(Bucket=self.bucket, Key=full)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"no object {key}") from None
+            raise
+
+        def fetch(start: int, end: int) -> bytes:
+            try:
+                obj = self._s3().get_object(
+                    Bucket=self.bucket, Key=full, Range=f"bytes={start}-{end}",
+                    IfMatch=head["ETag"],
+                )  # fmt: skip
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                    raise BlobIntegrityError(
+                        f"object {key} changed or was removed while it was being read; run the "
+                        "step again."
+                    ) from None
+                raise
+            return obj["Body"].read()
+
+        size = int(head["ContentLength"])
+        with RangedReader(fetch, size, block_size or self.range_block_bytes) as reader:
+            yield reader
 
     def _full(self, key: str) -> str:
         check_key(key)

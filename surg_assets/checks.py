@@ -52,8 +52,8 @@ def transcoded_video_meets_contract(
     """Re-read the written file and check every promise the normaliser makes."""
     case_id = context.op_execution_context.partition_key
     limits = video_limits_from_env()
-    with blob_store.local_copy(processed_video_key(case_id)) as local:
-        layout = inspect_layout(local)
+    with blob_store.open_ranged(processed_video_key(case_id)) as video:
+        layout = inspect_layout(video)
     problems = []
     if layout.codec != "h264":
         problems.append(f"codec {layout.codec}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,16 @@ def test_a_range_read_decrypts_only_the_chunks_it_needs(
     assert next(blocks) == data[3 * CHUNK : 4 * CHUNK]
     with pytest.raises(BlobIntegrityError, match=f"object {KEY} failed its integrity check"):
         next(blocks)
+    # The same through the seekable reader PyAV is given (a block size rounds up to chunks).
+    with store.open_ranged(KEY, block_size=CHUNK - 1) as f:
+        f.seek(CHUNK + 10)
+        assert f.read(2 * CHUNK) == data[CHUNK + 10 : 3 * CHUNK + 10]
+        assert f.fetched_bytes == 3 * CHUNK  # chunks 1-3 only
+        f.seek(-10, io.SEEK_END)
+        assert f.read() == data[-10:]
+        with pytest.raises(BlobIntegrityError, match=f"object {KEY}"):
+            f.seek(4 * CHUNK)
+            f.read(10)
 
 
 @pytest.mark.parametrize("attack", ["flip", "swap", "truncate", "drop-last", "append", "header"])
@@ -163,6 +174,9 @@ def test_only_dropped_raw_videos_may_be_unencrypted(
     dropped.write_bytes(data)
     info = store.list_prefix("raw-videos/")[0]
     assert info.size == len(data) and store.get_bytes(info.key) == data
+    with store.open_ranged(info.key) as f:  # read by range as it is
+        f.seek(4000)
+        assert f.read(200) == data[4000:4200]
     store.move(info.key, "raw-videos/c0123456789abcdef/source.mp4")
     assert store.is_encrypted("raw-videos/c0123456789abcdef/source.mp4")
     assert store.get_bytes("raw-videos/c0123456789abcdef/source.mp4") == data
@@ -172,6 +186,8 @@ def test_only_dropped_raw_videos_may_be_unencrypted(
     planted.write_bytes(b"planted")
     with pytest.raises(BlobIntegrityError, match="stored unencrypted"):
         store.get_bytes(KEY)
+    with pytest.raises(BlobIntegrityError, match="stored unencrypted"), store.open_ranged(KEY):
+        pass
     # With encryption off the lake is plain, and what was written encrypted still reads.
     plain = _store(tmp_path, encrypt_at_rest=False)
     assert plain.get_bytes(KEY) == b"planted"
@@ -214,3 +230,35 @@ def test_the_player_gets_no_bytes_of_a_tampered_video(web: WebServer, videos: di
     r = c.get(f"/api/cases/{case_id}/video", headers={"Range": "bytes=100-199"})
     assert r.status_code == 500 and "integrity" in r.json()["error"]
     assert data[100:200] not in r.content
+
+
+def test_a_chunk_of_a_video_decodes_from_the_lake_by_range(tmp_path: Path) -> None:
+    """What a detection chunk does: PyAV reads the encrypted video by range, seeks to its
+    start, and gets exactly the frames a plain file gives, fetching a fraction of the video."""
+    import numpy as np
+
+    from ml_models.video import VideoLimits, sample_frames, transcode, write_sample_video
+
+    plain = tmp_path / "video.mp4"
+    transcode(write_sample_video(tmp_path / "src.mp4", seconds=40, size=(640, 360)), plain,
+              VideoLimits())  # fmt: skip
+    store = LocalBlobStore(root=str(tmp_path / "lake"), encryption_chunk_bytes=16_384)
+    store.put_file(KEY, plain)
+
+    def chunk(video: object) -> list[tuple[float, np.ndarray]]:
+        return [(f.t_s, f.bgr) for f in sample_frames(video, 5, start_s=30, end_s=34)]
+
+    expected = chunk(plain)
+    with store.open_ranged(KEY, block_size=16_384) as f:
+        got = chunk(f)
+        fetched, size = f.fetched_bytes, f.size
+    assert [t for t, _ in got] == [t for t, _ in expected] and len(got) == 20
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, expected, strict=True))
+    assert fetched < 0.4 * size  # the header, the index and 4 s of 40 (a whole copy: 100%)
+    # A damaged chunk inside the range stops the decode with the store's integrity error.
+    path = tmp_path / "lake" / KEY
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_SIZE + int(0.8 * size) // 16_384 * (16_384 + TAG_SIZE) + 5] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with store.open_ranged(KEY) as f, pytest.raises(BlobIntegrityError, match=f"object {KEY}"):
+        chunk(f)
