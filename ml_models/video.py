@@ -577,6 +577,14 @@ class StreamLayout:
     foreign_tags: dict[str, str]
 
 
+def video_frame_size(video: VideoSource) -> tuple[int, int]:
+    """(width, height) of a video's first video stream, from its header alone (nothing is
+    demuxed or decoded: through a ranged reader, only the index at the front is read)."""
+    with open_video(video) as container:
+        codec = container.streams.video[0].codec_context
+        return codec.width, codec.height
+
+
 def inspect_layout(path: VideoSource) -> StreamLayout:
     """Read packet timing and keyframes (no decoding) to check a normalised video's contract."""
     if isinstance(path, str | Path):
@@ -733,3 +741,7 @@ def sample_frames(
         stop.set()
         while not q.empty():  # unblock the producer so it can exit
             q.get_nowait()
+        # A consumer that stops early (an error downstream) goes on to close what the decoder
+        # reads from (a ranged reader over the lake): let the decoder finish its frame first.
+        # It checks ``stop`` after each frame and puts at most one more into the emptied queue.
+        worker.join(timeout=10)

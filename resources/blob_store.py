@@ -54,6 +54,9 @@ _BLOCK = 1024 * 1024
 # Bytes per fetch of a ranged reader: one encryption chunk of the local lake; on S3, a ranged GET
 # small enough that a chunk's edges and the index at the front cost little (BENCHMARKS.md).
 RANGED_BLOCK = _BLOCK
+# For readers that go through a whole object in order (a case's phase or event pass): fewer,
+# larger requests, where each GET's round trip would otherwise add up over thousands of them.
+SEQUENTIAL_BLOCK = 8 * _BLOCK
 
 
 def check_key(key: str) -> str:
@@ -140,6 +143,8 @@ class RangedReader(io.RawIOBase):
         cached_blocks: int = 3,
     ) -> None:
         super().__init__()
+        if block_size <= 0 or cached_blocks <= 0:
+            raise ValueError("block_size and cached_blocks must be positive")
         self._fetch, self._size, self._block = fetch, size, block_size
         self._cache: dict[int, bytes] = {}
         self._keep = cached_blocks
@@ -167,7 +172,12 @@ class RangedReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move the position as :meth:`io.IOBase.seek` does (past the end reads nothing)."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if self.closed:
+            raise ValueError("seek on a closed ranged reader")
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
+        if whence not in bases:
+            raise ValueError(f"whence {whence!r} is not SEEK_SET, SEEK_CUR or SEEK_END")
+        base = bases[whence]
         if base + offset < 0:
             raise ValueError("negative seek position")
         self._pos = base + offset
@@ -177,7 +187,15 @@ class RangedReader(io.RawIOBase):
         data = self._cache.pop(index, None)
         if data is None:
             start = index * self._block
-            data = self._fetch(start, min(start + self._block, self._size) - 1)
+            end = min(start + self._block, self._size) - 1
+            data = self._fetch(start, end)
+            if len(data) != end - start + 1:
+                # A short block would read as the end of the file: a decode that stops early
+                # and reports fewer frames as if that were all of them.
+                raise BlobIntegrityError(
+                    f"a read of bytes {start}-{end} returned {len(data)} bytes: the object is "
+                    "shorter than it was when it was opened; run the step again."
+                )
             self.fetched_bytes += len(data)
             self.fetches += 1
             while len(self._cache) >= self._keep:
@@ -200,8 +218,6 @@ class RangedReader(io.RawIOBase):
             index, offset = divmod(self._pos, self._block)
             block = self._block_at(index)
             n = min(len(view) - done, len(block) - offset)
-            if n <= 0:  # the store returned less than promised: stop rather than spin
-                break
             view[done : done + n] = block[offset : offset + n]
             done += n
             self._pos += n
@@ -722,8 +738,17 @@ class S3BlobStore(BlobStore):
             FileNotFoundError: No object is stored under ``key``.
             BlobIntegrityError: The object changed while it was being read.
         """
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
 
+        body_errors = (
+            IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError
+        )  # fmt: skip
         full = self._full(key)
         try:
             head = self._s3().head_object(Bucket=self.bucket, Key=full)
@@ -733,20 +758,29 @@ class S3BlobStore(BlobStore):
             raise
 
         def fetch(start: int, end: int) -> bytes:
-            try:
-                obj = self._s3().get_object(
-                    Bucket=self.bucket, Key=full, Range=f"bytes={start}-{end}",
-                    IfMatch=head["ETag"],
-                )  # fmt: skip
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
-                    raise BlobIntegrityError(
-                        f"object {key} changed or was removed while it was being read; run the "
-                        "step again."
-                    ) from None
-                raise
-            return obj["Body"].read()
+            # botocore retries a failed request, not a body cut off while it is read (which
+            # boto3's managed download, used by local_copy, does retry): a long case makes
+            # thousands of these reads, so one dropped connection must not fail the step.
+            for attempt in range(max(1, self.max_attempts)):
+                try:
+                    obj = self._s3().get_object(
+                        Bucket=self.bucket, Key=full, Range=f"bytes={start}-{end}",
+                        IfMatch=head["ETag"],
+                    )  # fmt: skip
+                    return obj["Body"].read()
+                except ClientError as exc:
+                    code = exc.response.get("Error", {}).get("Code")
+                    if code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                        raise BlobIntegrityError(
+                            f"object {key} changed or was removed while it was being read; run "
+                            "the step again."
+                        ) from None
+                    raise
+                except body_errors:
+                    if attempt + 1 >= self.max_attempts:
+                        raise
+                    time.sleep(min(2.0, 0.1 * 2**attempt))
+            raise AssertionError("unreachable")  # the loop returns or raises
 
         size = int(head["ContentLength"])
         with RangedReader(fetch, size, block_size or self.range_block_bytes) as reader:

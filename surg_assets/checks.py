@@ -22,7 +22,7 @@ from ml_models.tables import (
     frame_size_of,
 )
 from ml_models.video import inspect_layout
-from resources.blob_store import BlobStore
+from resources.blob_store import SEQUENTIAL_BLOCK, BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
 from surg_assets.assets.ingest import processed_video_key, transcoded_video
@@ -52,7 +52,7 @@ def transcoded_video_meets_contract(
     """Re-read the written file and check every promise the normaliser makes."""
     case_id = context.op_execution_context.partition_key
     limits = video_limits_from_env()
-    with blob_store.open_ranged(processed_video_key(case_id)) as video:
+    with blob_store.open_ranged(processed_video_key(case_id), SEQUENTIAL_BLOCK) as video:
         layout = inspect_layout(video)
     problems = []
     if layout.codec != "h264":

@@ -23,7 +23,7 @@ from ml_models.tables import (
     to_parquet_bytes,
 )
 from ml_models.tracking import TRACKERS, USAGE_GAP_S
-from resources.blob_store import BlobStore
+from resources.blob_store import SEQUENTIAL_BLOCK, BlobStore
 from resources.catalog import Catalog
 from resources.registry import ModelRegistry
 from surg_assets.assets.ingest import decode_gaps_key, processed_video_key, transcoded_video
@@ -331,7 +331,7 @@ def instrument_tracks(
     from ml_models.chunking import detections_sample_fps
     from ml_models.tables import frame_size_of
     from ml_models.tracking import USAGE_COLUMNS, track_detections_to_parquet, usage_intervals
-    from ml_models.video import inspect_layout
+    from ml_models.video import video_frame_size
 
     started = time.perf_counter()
     case_id = context.partition_key
@@ -345,8 +345,7 @@ def instrument_tracks(
         frame_size = frame_size_of(detections)
         if frame_size is None:
             with blob_store.open_ranged(processed_video_key(case_id)) as video:
-                layout = inspect_layout(video)
-            frame_size = (layout.width, layout.height)
+                frame_size = video_frame_size(video)
         # Streamed file to file, and the light columns only where whole columns are needed:
         # the instance polygons, most of both tables, are never all in memory.
         sample_fps = detections_sample_fps(detections, DetectionConfig().sample_fps)
@@ -421,7 +420,7 @@ def phase_timeline(
     model_version = f"phase_model:{version.version}"
     device = resolve_device(config.device)
     # Read through the lake (decrypted as decoded): no plaintext copy of the video on disk.
-    with blob_store.open_ranged(processed_video_key(case_id)) as video:
+    with blob_store.open_ranged(processed_video_key(case_id), SEQUENTIAL_BLOCK) as video:
         # Embedded while decoding: only the per-second features of the case are held.
         times, feats = model.embed_video(video, device)
     probs, segments, whole_case = model.read_case(
@@ -521,7 +520,7 @@ def video_events(
     case_id = context.partition_key
     version, weights = approved_model(registry, "out_of_body_model")
     classifier = OutOfBodyClassifier.load(weights)
-    with blob_store.open_ranged(processed_video_key(case_id)) as video:
+    with blob_store.open_ranged(processed_video_key(case_id), SEQUENTIAL_BLOCK) as video:
         scan = scan_video(video, classifier, config.sample_fps, config.cut_threshold)
     gaps_key = decode_gaps_key(case_id)
     if blob_store.exists(gaps_key):  # cases transcoded before gaps were recorded have none

@@ -97,7 +97,7 @@ def test_chunked_detection_equals_a_whole_pass_and_tracks_alike(
     # Each chunk read its own stretch of the video by range, not a whole copy: between them
     # the three read it about once (their overlaps, keyframes and the index twice), where whole
     # copies would read it three times.
-    assert whole_meta["video_read_fraction"].value >= 1.0
+    assert 1.0 <= whole_meta["video_read_fraction"].value < 1.05  # one pass, each block once
     assert 1.0 <= meta["video_read_fraction"].value < 1.5
     # The chunks travelled through the blob store and are gone once merged.
     assert store.list_prefix(STEP_OUTPUTS_PREFIX) == []

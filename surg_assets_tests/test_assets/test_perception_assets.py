@@ -10,8 +10,16 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from ml_models.tables import DETECTIONS, EVENTS, INSTRUMENT_USAGE, PHASES, TRACKS, frame_size_of
-from ml_models.video import inspect_layout
+from ml_models.tables import (
+    DETECTIONS,
+    EVENTS,
+    FRAME_SIZE_KEY,
+    INSTRUMENT_USAGE,
+    PHASES,
+    TRACKS,
+    frame_size_of,
+)
+from ml_models.video import inspect_layout, video_frame_size
 from resources.settings import load_settings
 from surg_assets.assets.ingest import processed_video_key
 from surg_assets.assets.perception import (
@@ -21,6 +29,7 @@ from surg_assets.assets.perception import (
     TrackingConfig,
     metadata_key,
     read_table,
+    write_table,
 )
 from surg_assets.checks import (
     detection_expectations,
@@ -97,6 +106,24 @@ def test_analyze_case_produces_every_table_and_passes_its_checks(
         said = failure.step_failure_data.error.cause.message
         assert "sample_fps" in said and "greater than 0" in said
         assert store.get_bytes(metadata_key(case_id, "events.parquet")) == events_before
+        # Detections written before their frame size was kept with them: the tracker reads it
+        # from the video's header instead, and the tracks come out the same.
+        kept = store.get_bytes(metadata_key(case_id, "detections.parquet"))
+        tracks_before = read_table(store, case_id, "tracks.parquet")
+        older = read_table(store, case_id, "detections.parquet")
+        meta = {k: v for k, v in (older.schema.metadata or {}).items() if k != FRAME_SIZE_KEY}
+        write_table(store, case_id, "detections.parquet", older.replace_schema_metadata(meta))
+        assert job.execute_in_process(
+            partition_key=case_id,
+            instance=instance,
+            asset_selection=[dg.AssetKey("instrument_tracks")],
+        ).success
+        assert read_table(store, case_id, "tracks.parquet").equals(tracks_before)
+        with store.open_ranged(processed_video_key(case_id)) as video:
+            size = video_frame_size(video)
+        with store.local_copy(metadata_key(case_id, "tracks.parquet")) as path:
+            assert frame_size_of(path) == size == (426, 240)
+        store.put_bytes(metadata_key(case_id, "detections.parquet"), kept)
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {
         "transcoded_video_meets_contract": True,

@@ -7,6 +7,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import boto3
@@ -14,7 +15,13 @@ import httpx
 import pytest
 
 from ml_models.errors import InputError
-from resources.blob_store import BlobStore, LocalBlobStore, S3BlobStore, decode_cursor
+from resources.blob_store import (
+    BlobStore,
+    LocalBlobStore,
+    RangedReader,
+    S3BlobStore,
+    decode_cursor,
+)
 from resources.lake_crypto import BlobIntegrityError
 from surg_assets_tests.conftest import create_bucket
 
@@ -77,14 +84,17 @@ def test_set_metadata_merges_and_move_keeps_content(store: BlobStore) -> None:
     assert store.get_bytes("raw-videos/c0123456789abcdef/source.mp4") == b"video-bytes"
 
 
+@pytest.mark.parametrize("reader", ["store's own", "generic"])
 def test_open_ranged_reads_and_seeks_as_the_whole_object_fetching_only_what_is_read(
-    store: BlobStore,
+    store: BlobStore, reader: str
 ) -> None:
     mib = 1 << 20
     data = random.Random(3).randbytes(5_000_000)
     key = "processed-videos/c0123456789abcdef/video.mp4"
     store.put_bytes(key, data)
-    with store.open_ranged(key, block_size=mib) as f:
+    # The generic reader (over read_range) is what any other store would get.
+    opener = store.open_ranged if reader == "store's own" else partial(BlobStore.open_ranged, store)
+    with opener(key, block_size=mib) as f:
         assert f.seekable() and f.read(10) == data[:10]
         f.seek(4_500_000)
         assert f.read(1000) == data[4_500_000:4_501_000]
@@ -98,8 +108,28 @@ def test_open_ranged_reads_and_seeks_as_the_whole_object_fetching_only_what_is_r
         assert f.fetched_bytes == 2 * mib + (len(data) - 4 * mib)
         f.seek(10)  # block 0 is still held
         assert f.read(10) == data[10:20] and f.fetched_bytes == 2 * mib + (len(data) - 4 * mib)
-    with pytest.raises(FileNotFoundError), store.open_ranged(key + ".none"):
+    with pytest.raises(FileNotFoundError), opener(key + ".none"):
         pass
+    with opener(key) as f:
+        f.close()
+        with pytest.raises(ValueError, match="closed"):
+            f.read(1)
+
+
+def test_a_short_read_is_an_error_not_the_end_of_the_object() -> None:
+    """A block that comes back short would read as the end of the file: a decode stopping early
+    and counting fewer frames as if that were all of them."""
+    data = bytes(range(256)) * 40
+
+    def fetch(start: int, end: int) -> bytes:
+        return data[start : end + 1][: 100 if start >= 4096 else None]
+
+    with RangedReader(fetch, len(data), block_size=4096) as f:
+        assert f.read(4096) == data[:4096]
+        with pytest.raises(BlobIntegrityError, match="bytes 4096-8191 returned 100 bytes"):
+            f.read(10)
+        with pytest.raises(ValueError, match="whence"):
+            f.seek(0, 7)
 
 
 def test_a_ranged_read_never_mixes_two_versions_of_an_object(store: BlobStore) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -255,6 +256,13 @@ def test_a_chunk_of_a_video_decodes_from_the_lake_by_range(tmp_path: Path) -> No
     assert [t for t, _ in got] == [t for t, _ in expected] and len(got) == 20
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, expected, strict=True))
     assert fetched < 0.4 * size  # the header, the index and 4 s of 40 (a whole copy: 100%)
+    # A consumer that stops early (an error downstream) closes the reader only once the
+    # decoding thread has let go of it.
+    with store.open_ranged(KEY, block_size=16_384) as f:
+        stream = sample_frames(f, 5)
+        next(stream)
+        stream.close()
+        assert not [t for t in threading.enumerate() if t.name == "surg-decode"]
     # A damaged chunk inside the range stops the decode with the store's integrity error.
     path = tmp_path / "lake" / KEY
     raw = bytearray(path.read_bytes())

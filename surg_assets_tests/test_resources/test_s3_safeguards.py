@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ResponseStreamingError
 
 from ml_models.errors import InputError
 from resources.blob_store import S3BlobStore
@@ -25,14 +25,26 @@ from surg_assets_tests.conftest import create_bucket
 
 @dataclass
 class FlakyProxy:
-    """Forwards to ``upstream``; every ``fail_every``-th request is answered 503 or 500."""
+    """Forwards to ``upstream``; every ``fail_every``-th request is answered 503 or 500, and
+    every ``cut_every``-th ranged GET sends half its body and drops the connection."""
 
     upstream: str
     fail_every: int = 3
+    cut_every: int = 0
     url: str = ""
     requests: int = 0
     failed: int = 0
+    ranged: int = 0
+    cut: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def should_cut(self) -> bool:
+        with self._lock:
+            self.ranged += 1
+            if self.cut_every and self.ranged % self.cut_every == 1:
+                self.cut += 1
+                return True
+            return False
 
     def should_fail(self) -> int | None:
         with self._lock:
@@ -75,11 +87,17 @@ def _handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             for k, v in r.getheaders():
                 if k.lower() not in ("transfer-encoding", "content-length", "connection"):
                     self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
+            # A HEAD has no body: its length is the object's, as upstream said.
+            length = r.getheader("Content-Length") if self.command == "HEAD" else len(data)
+            self.send_header("Content-Length", str(length or 0))
             self.end_headers()
+            conn.close()
+            if self.command == "GET" and self.headers.get("Range") and proxy.should_cut():
+                self.wfile.write(data[: len(data) // 2])
+                self.close_connection = True
+                return
             if self.command != "HEAD":
                 self.wfile.write(data)
-            conn.close()
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
 
@@ -179,3 +197,32 @@ def test_without_retries_the_same_proxy_fails_the_operation(
         store.put_bytes("processed-metadata/c1/a.json", b"1")
     with pytest.raises(InputError, match="SURG_S3_RETRY_MODE"):
         S3BlobStore(bucket=bucket, endpoint_url=flaky.url, retry_mode="eventually").s3_client()
+
+
+def test_a_video_read_by_range_survives_bodies_cut_off_midway(
+    moto_s3: str, flaky: FlakyProxy, videos: dict[str, Path]
+) -> None:
+    """A detection chunk on S3 decodes through ranged GETs; a connection dropped in the middle
+    of a body is retried (botocore retries only failed requests), with no frame lost."""
+    from ml_models.video import sample_frames
+
+    bucket = _bucket(moto_s3, True)
+    flaky.fail_every, flaky.cut_every = 0, 3
+    key = "processed-videos/c0123456789abcdef/video.mp4"
+    store = S3BlobStore(bucket=bucket, endpoint_url=flaky.url, region_name="us-east-1")
+    store.put_file(key, videos["good"])
+
+    def frames(video: object) -> list[tuple[float, bytes]]:
+        return [(f.t_s, f.bgr.tobytes()) for f in sample_frames(video, 5, start_s=1.0)]
+
+    with store.open_ranged(key, block_size=4096) as f:
+        got = frames(f)
+        fetches = f.fetches
+    assert got == frames(videos["good"]) and len(got) == 10  # 2 s of 3 at 5 frames/s
+    assert flaky.cut >= 2 and fetches >= 3
+    # Without retries the first cut body fails the read (it is never taken for the end).
+    flaky.ranged = 0
+    once = S3BlobStore(bucket=bucket, endpoint_url=flaky.url, region_name="us-east-1",
+                       max_attempts=1)  # fmt: skip
+    with once.open_ranged(key, block_size=4096) as f, pytest.raises(ResponseStreamingError):
+        frames(f)
