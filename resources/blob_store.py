@@ -750,12 +750,9 @@ class S3BlobStore(BlobStore):
             IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError
         )  # fmt: skip
         full = self._full(key)
-        try:
-            head = self._s3().head_object(Bucket=self.bucket, Key=full)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise FileNotFoundError(f"no object {key}") from None
-            raise
+        head = self._head_object(key)
+        if head is None:
+            raise FileNotFoundError(f"no object {key}")
 
         def fetch(start: int, end: int) -> bytes:
             # botocore retries a failed request, not a body cut off while it is read (which
@@ -842,16 +839,22 @@ class S3BlobStore(BlobStore):
             self.bucket, self._full(key), str(path), Config=self._transfer_config()
         )
 
-    def head(self, key: str) -> BlobInfo | None:
-        """HEAD the object."""
+    def _head_object(self, key: str) -> dict | None:
+        """The raw HEAD response (size, ETag, metadata), or ``None`` if there is no object."""
         from botocore.exceptions import ClientError
 
         try:
-            r = self._s3().head_object(Bucket=self.bucket, Key=self._full(key))
+            return self._s3().head_object(Bucket=self.bucket, Key=self._full(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
+
+    def head(self, key: str) -> BlobInfo | None:
+        """HEAD the object."""
+        r = self._head_object(key)
+        if r is None:
+            return None
         return BlobInfo(
             key=key,
             size=int(r["ContentLength"]),
