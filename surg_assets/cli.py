@@ -1,7 +1,8 @@
 """The ``surg`` command: ingest and analyse videos, list cases, run the demo.
 
 User errors (a bad file, a bad setting) end as one line on stderr starting with ``error:`` and
-exit status 2; no traceback. Output never contains an input's file name: inputs are named by
+exit status 2; no traceback. A catalog database that fails (down, unreachable) ends as one such
+line with status 1. Output never contains an input's file name: inputs are named by
 position, cases by id.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from ml_models.errors import InputError
 
@@ -288,6 +290,15 @@ def main() -> None:
         _fail(str(exc), 2)
     except AnalysisFailed as exc:
         _fail(str(exc), 1)
+    except OperationalError as exc:
+        # Not the user's input and not a bug: the database the settings name did not answer.
+        # The driver's first line says why; the URL is not repeated (it may hold a password).
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        _fail(
+            f"the catalog database failed: {reason}. Check that it is running and that "
+            "SURG_CATALOG_URL points to it.",
+            1,
+        )
     except typer.Abort:
         _fail("aborted.", 130)
     except typer.Exit as exc:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +68,27 @@ def _register(
     approve_as: str | None,
     baseline: dict[str, float] | None = None,
     primary: str | None = None,
+    run: TrainingRun | None = None,
 ) -> None:
     """Register under governance; ``--approve-as`` records a person's approval at once.
 
     ``baseline``: the Approved version's metrics on the candidate's own evaluation data.
     ``primary``: the metric it is judged on, when not the model's usual one.
+    ``run``: the training run, told what is about to be registered so that a failure from
+    here on keeps it registrable (``surg models register-kept``).
     """
+    primary = primary or PRIMARY_METRIC[name]
+    if run is not None:
+        run.registration = {
+            "name": name,
+            "card": card,
+            "metrics": metrics,
+            "baseline": baseline,
+            "primary": primary,
+        }
     from surg_assets.assets.training import thresholds
 
     registry = _registry()
-    primary = primary or PRIMARY_METRIC[name]
     row = registry.register_candidate(
         name,
         {"weights.pt": weights},
@@ -86,6 +100,8 @@ def _register(
         auto_approve=os.environ.get("SURG_AUTO_APPROVE", "").lower() in ("1", "true", "yes"),
         baseline=baseline,
     )
+    if run is not None:  # the registry holds the weights now: nothing left to keep
+        run.weights = None
     if approve_as and row.status == "Pending":
         row = registry.decide(name, row.version, "Approved", approve_as)
     reason = f" ({row.reason})" if row.reason else ""
@@ -93,6 +109,78 @@ def _register(
         f"{name} {row.version} registered: {row.status}{reason}; metrics {json.dumps(metrics)}"
     )
     out.print(row.version)
+
+
+# Where a training run keeps its weights when a step after training fails, under SURG_HOME.
+KEPT_FOLDER = "training-kept"
+KEPT_WEIGHTS = "weights.pt"
+KEPT_REGISTRATION = "registration.json"
+
+
+class TrainingRun:
+    """What a training command has made so far: the weights once trained, and what it was
+    about to register. A failure after training keeps them (`_keep_on_failure`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.weights: Path | None = None
+        self.registration: dict[str, Any] | None = None
+
+
+@contextmanager
+def _keep_on_failure(name: str) -> Iterator[TrainingRun]:
+    """Keep the trained weights when scoring or registering them fails.
+
+    Training can take hours; the steps after it (scoring, the comparison with the Approved
+    version, the registry's database and store) can fail on their own, and the weights lived in
+    a temporary folder that the failure would delete. They are moved under
+    ``SURG_HOME/training-kept/`` instead, with what was about to be registered, and the command
+    that registers them is printed. The failure itself still propagates.
+    """
+    run = TrainingRun(name)
+    try:
+        yield run
+    except BaseException:  # an interrupt during a long scoring step loses the weights too
+        if run.weights is not None and run.weights.is_file():
+            _keep(run)
+        raise
+
+
+def _keep(run: TrainingRun) -> Path | None:
+    """Copy the run's weights (and registration) to a new folder under SURG_HOME; say where."""
+    from resources.settings import load_settings
+
+    try:
+        parent = load_settings().home / KEPT_FOLDER
+        parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        # mkdtemp: a unique name, readable by its owner only (weights learned from case data).
+        folder = Path(tempfile.mkdtemp(prefix=f"{run.name}-{stamp}-", dir=parent))
+        # Written under temporary names and renamed, so that a folder never holds half a file.
+        shutil.copy2(run.weights, folder / f".{KEPT_WEIGHTS}.part")
+        os.replace(folder / f".{KEPT_WEIGHTS}.part", folder / KEPT_WEIGHTS)
+        if run.registration is not None:
+            part = folder / f".{KEPT_REGISTRATION}.part"
+            part.write_text(json.dumps(run.registration, indent=1, default=str))
+            os.replace(part, folder / KEPT_REGISTRATION)
+    except Exception as exc:  # never hide the failure that brought us here
+        err.print(f"the trained weights could not be kept: {exc}", markup=False)
+        return None
+    kept = folder / KEPT_WEIGHTS
+    if run.registration is not None:
+        then = f"Register them without training again: surg models register-kept {folder}"
+    else:
+        then = (
+            "They were not scored yet, so there is nothing to register; --model trains on "
+            "from them."
+        )
+    err.print(
+        f"training finished but a later step failed; the trained weights are kept in {kept}. "
+        f"{then}",
+        markup=False,
+        soft_wrap=True,
+    )
+    return folder
 
 
 @train_app.command("detector")
@@ -134,7 +222,10 @@ def train_detector_command(
 
     extra_yaml = _also_train_yaml(also_train) if also_train else None
 
-    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="surg-train-") as tmp,
+        _keep_on_failure("instrument_detector") as run,
+    ):
         split = None
         if data.is_dir():
             data_yaml, split = boxes_to_segment_dataset(data, Path(tmp) / "dataset")
@@ -159,6 +250,7 @@ def train_detector_command(
         result = train_detector(
             train_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model, seed=seed
         )
+        run.weights = result.weights
         metrics = evaluate_detector(result.weights, data_yaml, imgsz=imgsz)
         also = None
         if extra_yaml is not None:
@@ -205,7 +297,9 @@ def train_detector_command(
                 else None
             ),
         )
-        _register("instrument_detector", result.weights, card, metrics, approve_as, baseline)
+        _register(
+            "instrument_detector", result.weights, card, metrics, approve_as, baseline, run=run
+        )
 
 
 def _also_train_yaml(value: str) -> Path:
@@ -303,7 +397,10 @@ def train_phase_command(
     )
     decoded = dict(zip(cases, sample_cases(cases), strict=True))
     baseline = None
-    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="surg-train-") as tmp,
+        _keep_on_failure("phase_model") as run,
+    ):
         path, metrics = train_phases(
             [decoded[c] for c in train],
             Path(tmp) / "phase.pt",
@@ -311,6 +408,7 @@ def train_phase_command(
             phases=phases,
             seed=seed,
         )
+        run.weights = path
         primary = "train_frame_accuracy"
         if held:
             primary = "val_frame_accuracy"
@@ -336,7 +434,7 @@ def train_phase_command(
                 else "training frame accuracy only (no case held out)"
             ),
         )
-        _register("phase_model", path, card, metrics, approve_as, baseline, primary)
+        _register("phase_model", path, card, metrics, approve_as, baseline, primary, run)
 
 
 def _phase_baseline(
@@ -432,10 +530,14 @@ def train_out_of_body_command(
     train, held = hold_out_cases(cases, val_cases, seed)
     held_real = split_real_frames(frames, seed)[1] if frames else []
     decoded = dict(zip(cases, sample_cases(cases), strict=True))
-    with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="surg-train-") as tmp,
+        _keep_on_failure("out_of_body_model") as run,
+    ):
         path, metrics = train_out_of_body(
             [decoded[c] for c in train], Path(tmp) / "oob.pt", frames, seed=seed
         )
+        run.weights = path
         if frames:
             err.print(f"{min(300, len(frames))} of {len(frames)} real in-body frames trained on")
         scored = [decoded[c] for c in held]
@@ -462,7 +564,7 @@ def train_out_of_body_command(
             held_out_real_frames=len(held_real),
         )
         primary = "val_accuracy" if held else "train_accuracy"
-        _register("out_of_body_model", path, card, metrics, approve_as, baseline, primary)
+        _register("out_of_body_model", path, card, metrics, approve_as, baseline, primary, run)
 
 
 def _oob_summary(metrics: dict[str, float]) -> str:
@@ -529,6 +631,43 @@ def models_reject(
     row = registry.decide(name, version, "Rejected", by, reason)
     _audit(registry, by, "model.reject", row.name, row.version, reason)
     err.print(f"{row.name} {row.version} rejected by {by}: {reason}")
+
+
+@models_app.command("register-kept")
+def models_register_kept(
+    folder: Path = typer.Argument(
+        ...,
+        help="The folder a training run printed when a step after training failed (under "
+        "SURG_HOME/training-kept/).",
+    ),
+    approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
+) -> None:
+    """Register weights a training run kept when its registration failed, without training
+    again. They are judged as the run would have judged them: on the figures it measured,
+    against the Approved version's figures measured then. The folder goes once registered."""
+    weights, saved = folder / KEPT_WEIGHTS, folder / KEPT_REGISTRATION
+    if not weights.is_file():
+        raise InputError(
+            f"{folder.name} holds no kept {KEPT_WEIGHTS}; pass the folder a `surg train` "
+            "command printed after a failure."
+        )
+    if not saved.is_file():
+        raise InputError(
+            f"the weights in {folder.name} were kept before they were scored, so there is "
+            "nothing to register; train again (--model takes them to start from)."
+        )
+    try:
+        r = json.loads(saved.read_text())
+        name, card, metrics = r["name"], r["card"], r["metrics"]
+        baseline, primary = r.get("baseline"), r["primary"]
+        if name not in PRIMARY_METRIC or not isinstance(card, dict):
+            raise ValueError(name)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{KEPT_REGISTRATION} in {folder.name} is not one a training run wrote; train again."
+        ) from exc
+    _register(name, weights, card, metrics, approve_as, baseline, primary)
+    shutil.rmtree(folder)
 
 
 def _audit(

@@ -572,6 +572,75 @@ def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without
     )
 
 
+def test_a_failed_registration_keeps_the_trained_weights_and_registers_them_later(
+    tmp_path: Path, synthetic_case: Path
+) -> None:
+    """Training can take hours; a registry that fails after it (here: its database is down)
+    must not delete the weights with the run's temporary folder."""
+    home = tmp_path / "home"
+    down = {"SURG_CATALOG_URL": "postgresql+psycopg://surg@127.0.0.1:9/none?connect_timeout=2"}
+    failed = surg(home, "train", "out-of-body", "--data", str(synthetic_case), **down)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    error = [ln for ln in failed.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(error) == 1 and "the catalog database failed: " in error[0], failed.stderr
+    assert "Check that it is running and that SURG_CATALOG_URL points to it." in error[0]
+    said = re.search(r"the trained weights are kept in (\S+)\.", failed.stderr)
+    assert said, failed.stderr
+    kept = Path(said[1])
+    assert kept.is_file() and kept.parent.parent == home / "training-kept"
+    assert oct(kept.parent.stat().st_mode & 0o777) == "0o700"  # weights learned from case data
+    assert f"surg models register-kept {kept.parent}" in failed.stderr
+    saved = json.loads((kept.parent / "registration.json").read_text())
+    assert saved["name"] == "out_of_body_model" and saved["metrics"]["train_accuracy"] > 0.5
+    weights = kept.read_bytes()
+
+    # With the database back, the kept run registers without training again.
+    registered = surg(home, "models", "register-kept", str(kept.parent), "--approve-as", "ana")
+    assert registered.returncode == 0, registered.stderr
+    version = registered.stdout.strip().splitlines()[-1]
+    assert f"out_of_body_model {version} registered: Approved" in registered.stderr
+    assert not kept.parent.exists()
+    path = surg(home, "models", "path", "out_of_body_model")
+    assert Path(path.stdout.strip()).read_bytes() == weights
+    again = surg(home, "models", "register-kept", str(kept.parent))
+    assert_user_error(again, "holds no kept weights.pt")
+
+
+def test_weights_kept_before_scoring_are_not_registrable(
+    tmp_path: Path, surg_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detector whose scoring step fails is kept too, and says it cannot be registered as
+    it is; a hand-made folder is refused in one line."""
+    from typer.testing import CliRunner
+
+    from surg_assets.cli import app
+
+    data = _real_boxes(tmp_path, images=12)
+    # The registry is first needed after training, to score the Approved detector beside it.
+    monkeypatch.setenv(
+        "SURG_CATALOG_URL", "postgresql+psycopg://surg@127.0.0.1:9/none?connect_timeout=2"
+    )
+    args = ["train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "96"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    said = re.search(r"the trained weights are kept in (\S+)\.", result.output)
+    assert said and "not scored yet" in result.output, result.output
+    kept = Path(said[1])
+    from ultralytics import YOLO
+
+    assert YOLO(str(kept)).names[0] == "grasper"  # a whole, loadable detector
+    monkeypatch.delenv("SURG_CATALOG_URL")
+    refused = surg(surg_home, "models", "register-kept", str(kept.parent))
+    assert_user_error(refused, "were kept before they were scored")
+    assert kept.is_file()  # a refusal deletes nothing
+    (kept.parent / "registration.json").write_text("{not json")
+    assert_user_error(
+        surg(surg_home, "models", "register-kept", str(kept.parent)),
+        "registration.json in",
+    )
+    assert kept.is_file()
+
+
 def test_annotations_import_into_the_catalog(tmp_path: Path) -> None:
     from resources.catalog import Catalog
     from surg_assets_tests.conftest import SHARED_DATA
