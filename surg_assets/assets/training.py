@@ -9,6 +9,7 @@ blocking asset check of the same step, so a refused model fails its run visibly.
 goes to the audit log.
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -200,6 +201,7 @@ def _govern(
             "dataset_version": dataset_version,
             "metrics": dg.MetadataValue.json(figures),
             "thresholds": dg.MetadataValue.json(gates),
+            **{k: card[k] for k in ("train_seconds", "trained_by_earlier_attempt") if k in card},
             **wandb_info,
         },
         data_version=dg.DataVersion(row.version),
@@ -224,6 +226,28 @@ def _snapshot(blob_store: BlobStore, name: str, version: str, dest: Path) -> dic
     manifest = snapshots.read_manifest(blob_store, name, version)
     snapshots.download(blob_store, manifest, dest)
     return manifest
+
+
+# Weights an attempt trained, kept in the lake until they are registered: a retry (or a re-run
+# with the same request) after a failure past training reuses them instead of training again.
+TRAINED_PREFIX = "training-runs"
+
+
+def _training_request(name: str, manifest: dict[str, Any], config: dg.Config, init: str) -> str:
+    """The key of one training request: the model, the snapshot's content, the hyperparameters
+    and the starting weights' bytes. The device is left out: where it ran does not change what
+    was asked for."""
+    started_from = init
+    if Path(init).is_file():
+        started_from = hashlib.sha256(Path(init).read_bytes()).hexdigest()
+    request = {
+        "model": name,
+        "dataset": manifest["content_hash"],
+        "config": {k: v for k, v in config.model_dump().items() if k != "device"},
+        "init": started_from,
+    }
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    return f"{TRAINED_PREFIX}/{name}/{digest[:32]}"
 
 
 def _detector_init(config: DetectorTrainingConfig, registry: ModelRegistry) -> tuple[str, str]:
@@ -261,7 +285,7 @@ def instrument_detector(
     wandb_resource: dg.ResourceParam[dict[str, Any]],
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Train (ultralytics), evaluate on the held-out split, export ONNX, register."""
-    from ml_models.detector import evaluate_detector, onnx_graph, train_detector
+    from ml_models.detector import TrainResult, evaluate_detector, onnx_graph, train_detector
     from ml_models.drift import reference_statistics
     from ml_models.formats.yolo import validation_images
 
@@ -287,17 +311,44 @@ def instrument_detector(
             context.run_id,
             {**config.model_dump(), "dataset": dataset, "init_from": init_text},
         )
-        context.log.info(f"training on {dataset} ({manifest['split_sizes']}), {init_text}")
-        trained = train_detector(
-            data_yaml,
-            Path(tmp) / "runs",
-            epochs=config.epochs,
-            imgsz=config.imgsz,
-            init=init,
-            batch=config.batch,
-            device=config.device,
-            seed=config.seed,
-        )
+        attempt = _training_request("instrument_detector", manifest, config, init)
+        # A listing, not a HEAD: on S3 a HEAD of a missing key is refused (403) to a role that
+        # may list only some prefixes, and training-runs/ is one it may list.
+        kept = {blob.key for blob in blob_store.list_prefix(f"{attempt}/")}
+        reused = f"{attempt}/training.json" in kept
+        if reused:
+            # A failure after training (scoring, export, the registry) must not cost the hours
+            # of training again: the earlier attempt's weights for this very request are used.
+            weights = Path(tmp) / "trained.pt"
+            blob_store.download(f"{attempt}/weights.pt", weights)
+            earlier = json.loads(blob_store.get_bytes(f"{attempt}/training.json"))
+            train_seconds = earlier["train_seconds"]
+            trained = TrainResult(
+                weights, earlier["metrics"], config.epochs, config.imgsz, train_seconds
+            )
+            context.log.info(
+                f"an earlier attempt trained on {dataset} with these hyperparameters and starting "
+                f"weights ({train_seconds:.0f} s) and failed after training: its weights are used"
+            )
+        else:
+            context.log.info(f"training on {dataset} ({manifest['split_sizes']}), {init_text}")
+            trained = train_detector(
+                data_yaml,
+                Path(tmp) / "runs",
+                epochs=config.epochs,
+                imgsz=config.imgsz,
+                init=init,
+                batch=config.batch,
+                device=config.device,
+                seed=config.seed,
+            )
+            train_seconds = round(trained.seconds, 1)
+            # training.json last: weights without it are not a finished attempt.
+            blob_store.put_file(f"{attempt}/weights.pt", trained.weights)
+            blob_store.put_bytes(
+                f"{attempt}/training.json",
+                json.dumps({"metrics": trained.metrics, "train_seconds": train_seconds}).encode(),
+            )
         tracked.log({f"train/{k}": v for k, v in trained.metrics.items()})
         metrics = evaluate_detector(trained.weights, data_yaml, imgsz=config.imgsz, split="val")
         tracked.log({f"val/{k}": v for k, v in metrics.items()})
@@ -310,7 +361,8 @@ def instrument_detector(
             context,
             init=init_text,
             hyperparameters=config.model_dump(),
-            train_seconds=round(trained.seconds, 1),
+            train_seconds=train_seconds,
+            trained_by_earlier_attempt=reused,
             evaluation="ultralytics validator on the snapshot's held-out split",
             onnx={"imgsz": config.imgsz, "dynamic_batch": True},
             reference_statistics=reference,
@@ -326,6 +378,9 @@ def instrument_detector(
             catalog,
             tracked,
         )
+        # Registered (Pending, Approved or Rejected): the registry holds the weights now.
+        for blob in blob_store.list_prefix(f"{attempt}/"):
+            blob_store.delete(blob.key)
 
 
 def _phase_splits(

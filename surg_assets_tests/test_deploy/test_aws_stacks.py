@@ -116,6 +116,8 @@ def test_video_bucket_lifecycle_cors_and_wrong_key_denial(templates: Templates, 
         ]
         == 7
     )
+    unclaimed = rules["expire-unclaimed-training-runs"]
+    assert (unclaimed["Prefix"], unclaimed["ExpirationInDays"]) == ("training-runs/", 30)
     (cors,) = props["CorsConfiguration"]["CorsRules"]
     assert "ETag" in cors["ExposedHeaders"]
     assert all(o.startswith("https://") for o in cors["AllowedOrigins"])

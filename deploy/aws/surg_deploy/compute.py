@@ -20,10 +20,11 @@ from surg_deploy.data import (
     COMPUTE_LOGS,
     DAGSTER_DATABASE,
     DATASETS,
-    MODELS,
+    PLATFORM_PREFIXES,
     PROCESSED_METADATA,
     PROCESSED_VIDEOS,
     RAW_VIDEOS,
+    TRAINING_RUNS,
     DataStack,
 )
 from surg_deploy.network import DAGSTER_WEBSERVER_PORT, WEB_APP_PORT, NetworkStack
@@ -310,16 +311,11 @@ class ComputeStack(Stack):
         )
         # Runs and GPU steps read and write every platform prefix of the bucket.
         for role in (self.run_task.task_role, self.gpu_step_task.task_role):
-            for prefix in (
-                RAW_VIDEOS,
-                PROCESSED_VIDEOS,
-                PROCESSED_METADATA,
-                DATASETS,
-                MODELS,
-                COMPUTE_LOGS,
-            ):
+            for prefix in (*PLATFORM_PREFIXES, COMPUTE_LOGS):
                 bucket.grant_read_write(role, f"{prefix}*")
-            role.add_to_principal_policy(_list_bucket(bucket.bucket_arn, RAW_VIDEOS, DATASETS))
+            role.add_to_principal_policy(
+                _list_bucket(bucket.bucket_arn, RAW_VIDEOS, DATASETS, TRAINING_RUNS)
+            )
         # Daemon: sensors list new uploads; the run launcher starts run tasks.
         daemon_task.task_role.add_to_principal_policy(_list_bucket(bucket.bucket_arn, RAW_VIDEOS))
         bucket.grant_read(daemon_task.task_role, f"{COMPUTE_LOGS}*")
@@ -500,10 +496,7 @@ class ComputeStack(Stack):
                 ],
                 children=False,
             )
-        object_prefixes = "|".join(
-            p.rstrip("/")
-            for p in (RAW_VIDEOS, PROCESSED_VIDEOS, PROCESSED_METADATA, DATASETS, MODELS)
-        )
+        object_prefixes = "|".join(p.rstrip("/") for p in PLATFORM_PREFIXES)
         accept(
             self,
             [

@@ -24,6 +24,19 @@ PROCESSED_VIDEOS = "processed-videos/"
 PROCESSED_METADATA = "processed-metadata/"
 DATASETS = "datasets/"
 MODELS = "models/"
+# Weights a training attempt keeps until they are registered, so that a retry after a failure
+# past training does not train again (surg_assets/assets/training.py). Unclaimed ones expire.
+TRAINING_RUNS = "training-runs/"
+TRAINING_RUNS_EXPIRE_DAYS = 30
+# The platform's own object prefixes (Dagster's compute logs are not among them).
+PLATFORM_PREFIXES = (
+    RAW_VIDEOS,
+    PROCESSED_VIDEOS,
+    PROCESSED_METADATA,
+    DATASETS,
+    MODELS,
+    TRAINING_RUNS,
+)
 # Dagster's S3 compute-log manager writes step stdout/stderr here (may mention case ids).
 COMPUTE_LOGS = "dagster-compute-logs/"
 
@@ -168,6 +181,11 @@ class DataStack(Stack):
                     # Browsers that abandon a multipart upload leave parts that cost money.
                     abort_incomplete_multipart_upload_after=Duration.days(7),
                     expired_object_delete_marker=False,
+                ),
+                s3.LifecycleRule(
+                    id="expire-unclaimed-training-runs",
+                    prefix=TRAINING_RUNS,
+                    expiration=Duration.days(TRAINING_RUNS_EXPIRE_DAYS),
                 ),
                 s3.LifecycleRule(
                     id="expire-compute-logs",
