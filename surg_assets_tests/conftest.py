@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,6 +170,51 @@ def create_bucket(endpoint: str, name: str, kms_key_id: str | None = None) -> No
             "Rules": [{"ApplyServerSideEncryptionByDefault": default}]
         },
     )
+
+
+# A catalog database that does not answer: port 9 (discard) refuses at once, and the timeout
+# bounds a machine where something listens there.
+UNREACHABLE_CATALOG_URL = "postgresql+psycopg://surg@127.0.0.1:9/none?connect_timeout=2"
+
+
+def unreachable_registry(resources: dict, home: Path) -> Any:
+    """The model registry over the same lake, with its catalog database down."""
+    from resources.catalog import Catalog
+    from resources.registry import ModelRegistry
+
+    return ModelRegistry(
+        catalog=Catalog(url=UNREACHABLE_CATALOG_URL),
+        blob_store=resources["blob_store"],
+        cache_dir=str(home / "model-cache"),
+    )
+
+
+def fail_registration_then_retry(
+    asset: Any, dataset: Any, resources: dict, home: Path, run_config: dict
+) -> tuple[Any, dict[str, bytes], Any, list[str]]:
+    """Snapshot the dataset, train ``asset`` with the registry's database down (the run fails
+    after training), then run it again with it up. Returns the failed result, what the lake
+    kept under training-runs/ between the two (key -> bytes), the retried result and its log."""
+    import dagster as dg
+
+    blob_store = resources["blob_store"]
+    with dg.DagsterInstance.ephemeral() as instance:
+        dg.materialize([dataset], instance=instance, resources=resources)
+        failed = dg.materialize(
+            [asset],
+            instance=instance,
+            resources={**resources, "registry": unreachable_registry(resources, home)},
+            run_config=run_config,
+            raise_on_error=False,
+        )
+        kept = {
+            b.key: blob_store.get_bytes(b.key) for b in blob_store.list_prefix("training-runs/")
+        }
+        retried = dg.materialize(
+            [asset], instance=instance, resources=resources, run_config=run_config
+        )
+        logs = [e.message for e in instance.all_logs(retried.run_id) if e.message]
+    return failed, kept, retried, logs
 
 
 def lake_files(home: Path, prefix: str) -> list[str]:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -233,7 +233,9 @@ def _snapshot(blob_store: BlobStore, name: str, version: str, dest: Path) -> dic
 TRAINED_PREFIX = "training-runs"
 
 
-def _training_request(name: str, manifest: dict[str, Any], config: dg.Config, init: str) -> str:
+def _training_request(
+    name: str, manifest: dict[str, Any], config: dg.Config, init: str = ""
+) -> str:
     """The key of one training request: the model, the snapshot's content, the hyperparameters
     and the starting weights' bytes. The device is left out: where it ran does not change what
     was asked for."""
@@ -248,6 +250,54 @@ def _training_request(name: str, manifest: dict[str, Any], config: dg.Config, in
     }
     digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     return f"{TRAINED_PREFIX}/{name}/{digest[:32]}"
+
+
+class _Trained(NamedTuple):
+    weights: Path
+    metrics: dict[str, float]  # what training itself reported (ultralytics' last validation)
+    seconds: float
+    reused: bool  # trained by an earlier attempt at the same request
+
+
+def _train_once(
+    context: dg.AssetExecutionContext,
+    blob_store: BlobStore,
+    request: str,
+    dest: Path,
+    train: Callable[[], tuple[Path, dict[str, float]]],
+) -> _Trained:
+    """Train (``train`` returns the weights file and its metrics), or take the weights an
+    earlier attempt trained for the same request (``_training_request``) and did not register.
+
+    A failure after training (scoring, export, the registry) must not cost the training again.
+    The weights stay under the request's key until ``_forget`` after registration.
+    """
+    # A listing, not a HEAD: on S3 a HEAD of a missing key is refused (403) to a role that may
+    # list only some prefixes, and training-runs/ is one it may list.
+    kept = {blob.key for blob in blob_store.list_prefix(f"{request}/")}
+    if f"{request}/training.json" in kept:
+        blob_store.download(f"{request}/weights.pt", dest)
+        earlier = json.loads(blob_store.get_bytes(f"{request}/training.json"))
+        context.log.info(
+            f"an earlier attempt trained these weights ({earlier['train_seconds']:.0f} s) on the "
+            "same snapshot, hyperparameters and starting weights, and failed after training: "
+            "its weights are used"
+        )
+        return _Trained(dest, earlier["metrics"], earlier["train_seconds"], True)
+    started = time.perf_counter()
+    weights, metrics = train()
+    seconds = round(time.perf_counter() - started, 1)
+    blob_store.put_file(f"{request}/weights.pt", weights)
+    # training.json last: weights without it are not a finished attempt.
+    summary = {"metrics": metrics, "train_seconds": seconds}
+    blob_store.put_bytes(f"{request}/training.json", json.dumps(summary).encode())
+    return _Trained(weights, metrics, seconds, False)
+
+
+def _forget(blob_store: BlobStore, request: str) -> None:
+    """Registered (Pending, Approved or Rejected): the registry holds the weights now."""
+    for blob in blob_store.list_prefix(f"{request}/"):
+        blob_store.delete(blob.key)
 
 
 def _detector_init(config: DetectorTrainingConfig, registry: ModelRegistry) -> tuple[str, str]:
@@ -285,7 +335,7 @@ def instrument_detector(
     wandb_resource: dg.ResourceParam[dict[str, Any]],
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Train (ultralytics), evaluate on the held-out split, export ONNX, register."""
-    from ml_models.detector import TrainResult, evaluate_detector, onnx_graph, train_detector
+    from ml_models.detector import evaluate_detector, onnx_graph, train_detector
     from ml_models.drift import reference_statistics
     from ml_models.formats.yolo import validation_images
 
@@ -311,28 +361,11 @@ def instrument_detector(
             context.run_id,
             {**config.model_dump(), "dataset": dataset, "init_from": init_text},
         )
-        attempt = _training_request("instrument_detector", manifest, config, init)
-        # A listing, not a HEAD: on S3 a HEAD of a missing key is refused (403) to a role that
-        # may list only some prefixes, and training-runs/ is one it may list.
-        kept = {blob.key for blob in blob_store.list_prefix(f"{attempt}/")}
-        reused = f"{attempt}/training.json" in kept
-        if reused:
-            # A failure after training (scoring, export, the registry) must not cost the hours
-            # of training again: the earlier attempt's weights for this very request are used.
-            weights = Path(tmp) / "trained.pt"
-            blob_store.download(f"{attempt}/weights.pt", weights)
-            earlier = json.loads(blob_store.get_bytes(f"{attempt}/training.json"))
-            train_seconds = earlier["train_seconds"]
-            trained = TrainResult(
-                weights, earlier["metrics"], config.epochs, config.imgsz, train_seconds
-            )
-            context.log.info(
-                f"an earlier attempt trained on {dataset} with these hyperparameters and starting "
-                f"weights ({train_seconds:.0f} s) and failed after training: its weights are used"
-            )
-        else:
+        request = _training_request("instrument_detector", manifest, config, init)
+
+        def fit() -> tuple[Path, dict[str, float]]:
             context.log.info(f"training on {dataset} ({manifest['split_sizes']}), {init_text}")
-            trained = train_detector(
+            result = train_detector(
                 data_yaml,
                 Path(tmp) / "runs",
                 epochs=config.epochs,
@@ -342,13 +375,9 @@ def instrument_detector(
                 device=config.device,
                 seed=config.seed,
             )
-            train_seconds = round(trained.seconds, 1)
-            # training.json last: weights without it are not a finished attempt.
-            blob_store.put_file(f"{attempt}/weights.pt", trained.weights)
-            blob_store.put_bytes(
-                f"{attempt}/training.json",
-                json.dumps({"metrics": trained.metrics, "train_seconds": train_seconds}).encode(),
-            )
+            return result.weights, result.metrics
+
+        trained = _train_once(context, blob_store, request, Path(tmp) / "trained.pt", fit)
         tracked.log({f"train/{k}": v for k, v in trained.metrics.items()})
         metrics = evaluate_detector(trained.weights, data_yaml, imgsz=config.imgsz, split="val")
         tracked.log({f"val/{k}": v for k, v in metrics.items()})
@@ -361,8 +390,8 @@ def instrument_detector(
             context,
             init=init_text,
             hyperparameters=config.model_dump(),
-            train_seconds=train_seconds,
-            trained_by_earlier_attempt=reused,
+            train_seconds=trained.seconds,
+            trained_by_earlier_attempt=trained.reused,
             evaluation="ultralytics validator on the snapshot's held-out split",
             onnx={"imgsz": config.imgsz, "dynamic_batch": True},
             reference_statistics=reference,
@@ -378,9 +407,7 @@ def instrument_detector(
             catalog,
             tracked,
         )
-        # Registered (Pending, Approved or Rejected): the registry holds the weights now.
-        for blob in blob_store.list_prefix(f"{attempt}/"):
-            blob_store.delete(blob.key)
+        _forget(blob_store, request)
 
 
 def _phase_splits(
@@ -425,7 +452,7 @@ def phase_model(
     wandb_resource: dg.ResourceParam[dict[str, Any]],
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Train both stages on the training split; frame accuracy on the held-out split."""
-    from ml_models.phases import train_phase_model
+    from ml_models.phases import PhaseModel, train_phase_model
 
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         root = Path(tmp) / "data"
@@ -440,18 +467,26 @@ def phase_model(
             {**config.model_dump(), "dataset": dataset},
         )
         videos = [(f, np.asarray(lab["phase_ids"], np.int64)) for f, lab in splits["train"]]
-        started = time.perf_counter()
         # The snapshot's vocabulary: Cholec80's phases, or another procedure's (older
         # snapshots predate the field and hold Cholec80's).
         vocabulary = list(manifest.get("classes") or PHASES)
-        model = train_phase_model(
-            videos,
-            vocabulary,
-            encoder_epochs=config.encoder_epochs,
-            temporal_epochs=config.temporal_epochs,
-            seed=config.seed,
-            log=context.log.info,
-        )
+        weights = Path(tmp) / "phase_model.pt"
+
+        def fit() -> tuple[Path, dict[str, float]]:
+            trained_model = train_phase_model(
+                videos,
+                vocabulary,
+                encoder_epochs=config.encoder_epochs,
+                temporal_epochs=config.temporal_epochs,
+                seed=config.seed,
+                log=context.log.info,
+            )
+            trained_model.save(weights)
+            return weights, {}
+
+        request = _training_request("phase_model", manifest, config)
+        trained = _train_once(context, blob_store, request, weights, fit)
+        model = PhaseModel.load(trained.weights)
 
         def accuracy(judged: "PhaseModel", side: str) -> float:
             hits = [
@@ -467,15 +502,14 @@ def phase_model(
         }
         baseline = _phase_baseline(registry, vocabulary, lambda m: accuracy(m, "val"), context)
         tracked.log(metrics)
-        weights = Path(tmp) / "phase_model.pt"
-        model.save(weights)
         onnx = model.export_onnx(Path(tmp) / "model.onnx")
         card = _card(
             "phase_model",
             manifest,
             context,
             hyperparameters=config.model_dump(),
-            train_seconds=round(time.perf_counter() - started, 1),
+            train_seconds=trained.seconds,
+            trained_by_earlier_attempt=trained.reused,
             evaluation="frame accuracy at 1 fps on the snapshot's held-out split",
             procedure=manifest.get("procedure", "cholecystectomy"),
             phases=vocabulary,
@@ -487,7 +521,7 @@ def phase_model(
         yield from _govern(
             context,
             "phase_model",
-            {"weights.pt": weights, "model.onnx": onnx},
+            {"weights.pt": trained.weights, "model.onnx": onnx},
             card,
             metrics,
             manifest,
@@ -496,6 +530,7 @@ def phase_model(
             tracked,
             baseline,
         )
+        _forget(blob_store, request)
 
 
 def _phase_baseline(
@@ -563,11 +598,19 @@ def out_of_body_model(
             return np.concatenate([f for f, _ in rows]), np.concatenate(labels)
 
         images, labels = stacked("train")
-        started = time.perf_counter()
-        model = FrameCNN(2)
-        losses = train_classifier(model, images, labels, epochs=config.epochs, seed=config.seed)
-        for epoch, loss in enumerate(losses):
-            tracked.log({"train/loss": loss}, step=epoch)
+        weights = Path(tmp) / "out_of_body_model.pt"
+
+        def fit() -> tuple[Path, dict[str, float]]:
+            fresh = FrameCNN(2)
+            losses = train_classifier(fresh, images, labels, epochs=config.epochs, seed=config.seed)
+            for epoch, loss in enumerate(losses):
+                tracked.log({"train/loss": loss}, step=epoch)
+            OutOfBodyClassifier(fresh).save(weights)
+            return weights, {"final_loss": float(losses[-1])} if losses else {}
+
+        request = _training_request("out_of_body_model", manifest, config)
+        trained = _train_once(context, blob_store, request, weights, fit)
+        model = OutOfBodyClassifier.load(trained.weights).model
         val_images, val_labels = stacked("val")
         metrics = {
             "val_accuracy": float(
@@ -577,8 +620,6 @@ def out_of_body_model(
             "val_frames": float(len(val_labels)),
         }
         tracked.log(metrics)
-        weights = Path(tmp) / "out_of_body_model.pt"
-        OutOfBodyClassifier(model).save(weights)
         example = torch.zeros(1, 3, FRAME_SIZE, FRAME_SIZE)
         onnx = export_onnx(model, example, Path(tmp) / "model.onnx")
         card = _card(
@@ -586,14 +627,15 @@ def out_of_body_model(
             manifest,
             context,
             hyperparameters=config.model_dump(),
-            train_seconds=round(time.perf_counter() - started, 1),
+            train_seconds=trained.seconds,
+            trained_by_earlier_attempt=trained.reused,
             evaluation="accuracy at 1 fps on the snapshot's held-out split",
             onnx={"input": "frames (N, 3, 96, 96), normalised", "output": "logits (N, 2)"},
         )
         yield from _govern(
             context,
             "out_of_body_model",
-            {"weights.pt": weights, "model.onnx": onnx},
+            {"weights.pt": trained.weights, "model.onnx": onnx},
             card,
             metrics,
             manifest,
@@ -601,3 +643,4 @@ def out_of_body_model(
             catalog,
             tracked,
         )
+        _forget(blob_store, request)

@@ -28,11 +28,10 @@ from surg_assets.settings import build_resources
 CASE = "c00000000000000d1"
 
 
-def test_phase_labels_train_both_models_from_one_snapshot(
-    surg_home: Path, synthetic_case: Path
-) -> None:
+def _labelled(synthetic_case: Path) -> dict:
+    """Resources over a catalog holding one case's phase and out-of-body labels."""
     resources = build_resources(load_settings())
-    catalog, blob_store, registry = (resources[k] for k in ("catalog", "blob_store", "registry"))
+    catalog, blob_store = resources["catalog"], resources["blob_store"]
     catalog.ensure_case(CASE)
     blob_store.put_file(processed_video_key(CASE), synthetic_case / "video.mp4")
     for path in ("phase.txt", "events.json"):
@@ -40,6 +39,14 @@ def test_phase_labels_train_both_models_from_one_snapshot(
         for r in records:
             r["case_id"] = CASE
         catalog.add_annotations(records, dataset="synthetic-s7", author="lab")
+    return resources
+
+
+def test_phase_labels_train_both_models_from_one_snapshot(
+    surg_home: Path, synthetic_case: Path
+) -> None:
+    resources = _labelled(synthetic_case)
+    catalog, blob_store, registry = (resources[k] for k in ("catalog", "blob_store", "registry"))
     tiny = {
         "phase_model": {"config": {"encoder_epochs": 1, "temporal_epochs": 5}},
         "out_of_body_model": {"config": {"epochs": 1}},
@@ -71,6 +78,9 @@ def test_phase_labels_train_both_models_from_one_snapshot(
         assert row.status == "Pending" and row.dataset_version == "phase_dataset:v1"
         assert 0.0 <= row.metrics[metric] <= 1.0
         assert blob_store.exists(f"models/{name}/v1/weights.pt")
+        card = json.loads(blob_store.get_bytes(f"models/{name}/v1/model_card.json"))
+        assert card["trained_by_earlier_attempt"] is False and card["train_seconds"] > 0
+    assert blob_store.list_prefix("training-runs/") == []  # registered: nothing kept
     # The registered figure is the model's accuracy on the held-out seconds, recomputed here
     # from the snapshot's val split and the stored weights (not a training figure).
     held_out = [
@@ -104,6 +114,30 @@ def test_phase_labels_train_both_models_from_one_snapshot(
             None, {"frames": to_tensor(sample).numpy()}
         )
     assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), expected, atol=1e-4)
+
+
+def test_a_retried_out_of_body_model_registers_the_weights_its_first_attempt_trained(
+    surg_home: Path, synthetic_case: Path
+) -> None:
+    """The phase-side assets keep their trained weights until registered, as the detector does
+    (test_training_loop): a registry that fails after training costs no second training."""
+    from surg_assets_tests.conftest import fail_registration_then_retry
+
+    resources = _labelled(synthetic_case)
+    blob_store = resources["blob_store"]
+    run_config = {"ops": {"out_of_body_model": {"config": {"epochs": 1}}}}
+    failed, kept, retried, logs = fail_registration_then_retry(
+        out_of_body_model, phase_dataset, resources, surg_home, run_config
+    )
+    assert not failed.success
+    assert sorted(k.rsplit("/", 1)[1] for k in kept) == ["training.json", "weights.pt"]
+    assert all(k.startswith("training-runs/out_of_body_model/") for k in kept)
+    weights = next(v for k, v in kept.items() if k.endswith("weights.pt"))
+    assert any("failed after training: its weights are used" in m for m in logs)
+    meta = retried.asset_materializations_for_node("out_of_body_model")[0].metadata
+    assert meta["trained_by_earlier_attempt"].value is True
+    assert blob_store.get_bytes("models/out_of_body_model/v1/weights.pt") == weights
+    assert blob_store.list_prefix("training-runs/") == []
 
 
 def test_a_dataset_without_labelled_frames_fails_with_what_to_do(surg_home: Path) -> None:

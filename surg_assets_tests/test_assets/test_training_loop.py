@@ -192,47 +192,30 @@ def test_a_retry_after_a_failed_registration_uses_the_weights_already_trained(
 ) -> None:
     """Training is the expensive part: when the registry fails after it (here its database is
     down), the retry scores and registers the same weights instead of training again."""
-    from resources.catalog import Catalog
-    from resources.registry import ModelRegistry
     from surg_assets.assets.training import DetectorTrainingConfig, _training_request
+    from surg_assets_tests.conftest import fail_registration_then_retry
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     resources = _lab(surg_home, synthetic_case)
     blob_store = resources["blob_store"]
-    down = ModelRegistry(
-        catalog=Catalog(url="postgresql+psycopg://surg@127.0.0.1:9/none?connect_timeout=2"),
-        blob_store=blob_store,
-        cache_dir=str(surg_home / "model-cache"),
-    )
     config = {"init": str(default_weights_file("instrument_detector")), "epochs": 1, "imgsz": 160}
     run_config = {"ops": {"instrument_detector": {"config": config}}}
-    with dg.DagsterInstance.ephemeral() as instance:
-        dg.materialize([detector_dataset], instance=instance, resources=resources)
-        failed = dg.materialize(
-            [instrument_detector],
-            instance=instance,
-            resources={**resources, "registry": down},
-            run_config=run_config,
-            raise_on_error=False,
-        )
-        assert not failed.success
-        assert "Connection refused" in str(failed.get_step_failure_events()[0].step_failure_data)
-        (kept,) = [b.key for b in blob_store.list_prefix("training-runs/instrument_detector/")
-                   if b.key.endswith("/weights.pt")]  # fmt: skip
-        weights = blob_store.get_bytes(kept)
-
-        retried = dg.materialize(
-            [instrument_detector], instance=instance, resources=resources, run_config=run_config
-        )
-        logs = [e.message for e in instance.all_logs(retried.run_id) if e.message]
-        assert any("failed after training: its weights are used" in m for m in logs)
-        assert not any(m.startswith("training on detector_dataset") for m in logs)
-        meta = retried.asset_materializations_for_node("instrument_detector")[0].metadata
-        assert meta["trained_by_earlier_attempt"].value is True
-        version = meta["model_version"].value.split(":")[1]
-        assert blob_store.get_bytes(f"models/instrument_detector/{version}/weights.pt") == weights
-        # Registered: nothing is kept any longer, and the next request trains afresh.
-        assert blob_store.list_prefix("training-runs/") == []
+    failed, kept_blobs, retried, logs = fail_registration_then_retry(
+        instrument_detector, detector_dataset, resources, surg_home, run_config
+    )
+    assert not failed.success
+    assert "Connection refused" in str(failed.get_step_failure_events()[0].step_failure_data)
+    (kept,) = [k for k in kept_blobs if k.startswith("training-runs/instrument_detector/")
+               and k.endswith("/weights.pt")]  # fmt: skip
+    weights = kept_blobs[kept]
+    assert any("failed after training: its weights are used" in m for m in logs)
+    assert not any(m.startswith("training on detector_dataset") for m in logs)
+    meta = retried.asset_materializations_for_node("instrument_detector")[0].metadata
+    assert meta["trained_by_earlier_attempt"].value is True
+    version = meta["model_version"].value.split(":")[1]
+    assert blob_store.get_bytes(f"models/instrument_detector/{version}/weights.pt") == weights
+    # Registered: nothing is kept any longer, and the next request trains afresh.
+    assert blob_store.list_prefix("training-runs/") == []
 
     # One request, one key: another seed is another request; another device is not.
     manifest = snapshots.read_manifest(blob_store, "detector_dataset", "v1")
