@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 import yaml
 
 from ml_models.errors import InputError
@@ -245,6 +246,7 @@ def train_out_of_body(
     from ml_models.frames import predict_proba
 
     images, labels = out_of_body_data(cases, real_in_body, seed)
+    torch.manual_seed(seed)  # the initial weights too: the seed alone decides the model
     model = FrameCNN(2)
     train_classifier(model, images, labels, epochs=epochs, seed=seed)
     acc = float((predict_proba(model, images).argmax(1) == labels).mean())

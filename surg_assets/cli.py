@@ -284,6 +284,8 @@ _register_optional_commands()
 
 def main() -> None:
     """Entry point of the ``surg`` console script."""
+    if os.environ.get("SURG_DEBUG", "").lower() in ("1", "true", "yes"):
+        sys.exit(app())  # tracebacks as they are
     try:
         code = app(standalone_mode=False)
     except InputError as exc:
@@ -291,12 +293,13 @@ def main() -> None:
     except AnalysisFailed as exc:
         _fail(str(exc), 1)
     except OperationalError as exc:
-        # Not the user's input and not a bug: the database the settings name did not answer.
-        # The driver's first line says why; the URL is not repeated (it may hold a password).
-        reason = str(exc.orig or exc).strip().splitlines()[0]
+        # Not the user's input and not a bug: a database did not answer, refused a write, or
+        # is full. The driver's first line says which; the URL is not repeated.
+        lines = str(exc.orig or exc).strip().splitlines()
         _fail(
-            f"the catalog database failed: {reason}. Check that it is running and that "
-            "SURG_CATALOG_URL points to it.",
+            f"the database failed: {_redacted(lines[0] if lines else type(exc).__name__)}. "
+            "Check that the catalog database (SURG_CATALOG_URL) is running, reachable and "
+            "writable; SURG_DEBUG=1 shows the traceback.",
             1,
         )
     except typer.Abort:
@@ -307,6 +310,19 @@ def main() -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         _fail(message, 2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _redacted(text: str) -> str:
+    """``text`` without the catalog URL's credentials: a driver may echo part of a URL it could
+    not parse (a password with an unescaped ``@`` ends up in the host name)."""
+    url = os.environ.get("SURG_CATALOG_URL", "")
+    password = url.split("://", 1)[-1].rpartition("@")[0].partition(":")[2]
+    # The whole password, and each part an unescaped "@" splits it into (shorter parts would
+    # blank out ordinary words).
+    for secret in sorted({password, *password.split("@")}, key=len, reverse=True):
+        if len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _fail(message: str, status: int) -> None:

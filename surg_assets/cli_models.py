@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,7 @@ def _register(
     baseline: dict[str, float] | None = None,
     primary: str | None = None,
     run: TrainingRun | None = None,
+    registered: Callable[[], None] | None = None,
 ) -> None:
     """Register under governance; ``--approve-as`` records a person's approval at once.
 
@@ -76,6 +80,8 @@ def _register(
     ``primary``: the metric it is judged on, when not the model's usual one.
     ``run``: the training run, told what is about to be registered so that a failure from
     here on keeps it registrable (``surg models register-kept``).
+    ``registered``: called as soon as the registry holds the version, before anything that
+    could still fail (the approval, the output), so a kept run is never registered twice.
     """
     primary = primary or PRIMARY_METRIC[name]
     if run is not None:
@@ -84,6 +90,7 @@ def _register(
             "card": card,
             "metrics": metrics,
             "baseline": baseline,
+            "baseline_version": run.approved_version,
             "primary": primary,
         }
     from surg_assets.assets.training import thresholds
@@ -102,13 +109,31 @@ def _register(
     )
     if run is not None:  # the registry holds the weights now: nothing left to keep
         run.weights = None
-    if approve_as and row.status == "Pending":
-        row = registry.decide(name, row.version, "Approved", approve_as)
+    if registered is not None:
+        registered()
     reason = f" ({row.reason})" if row.reason else ""
     err.print(
         f"{name} {row.version} registered: {row.status}{reason}; metrics {json.dumps(metrics)}"
     )
+    if approve_as and row.status == "Pending":
+        row = registry.decide(name, row.version, "Approved", approve_as)
+        _audit(registry, approve_as, "model.approve", row.name, row.version)
+        err.print(f"{name} {row.version} approved by {approve_as}")
     out.print(row.version)
+
+
+def _approved_or_none(name: str) -> tuple[Any, Path] | None:
+    """The newest Approved version of NAME and its local weights, None when there is none.
+
+    Training commands call it before they train: a catalog that is down fails the command at
+    once, not after hours of training, and the comparison after training needs no database.
+    """
+    from surg_assets.models import approved_model
+
+    try:
+        return approved_model(_registry(), name)
+    except InputError:  # none Approved and no default weights: nothing to compare with
+        return None
 
 
 # Where a training run keeps its weights when a step after training fails, under SURG_HOME.
@@ -118,38 +143,63 @@ KEPT_REGISTRATION = "registration.json"
 
 
 class TrainingRun:
-    """What a training command has made so far: the weights once trained, and what it was
-    about to register. A failure after training keeps them (`_keep_on_failure`)."""
+    """What a training command has made so far: the weights once trained, the Approved
+    version its comparison uses, and what it was about to register. A failure after training
+    keeps them (``_keep_on_failure``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.approved_version: str | None = None
         self.weights: Path | None = None
         self.registration: dict[str, Any] | None = None
+
+    def compare_with(self, approved: tuple[Any, Path] | None) -> tuple[Any, Path] | None:
+        """Note the Approved version the new weights are compared with; return it."""
+        self.approved_version = approved[0].version if approved else None
+        return approved
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler's kill, ``timeout``) as an exception, so the weights are kept."""
 
 
 @contextmanager
 def _keep_on_failure(name: str) -> Iterator[TrainingRun]:
     """Keep the trained weights when scoring or registering them fails.
 
-    Training can take hours; the steps after it (scoring, the comparison with the Approved
-    version, the registry's database and store) can fail on their own, and the weights lived in
-    a temporary folder that the failure would delete. They are moved under
-    ``SURG_HOME/training-kept/`` instead, with what was about to be registered, and the command
-    that registers them is printed. The failure itself still propagates.
+    Training can take hours; the steps after it (scoring, the registry's database and store)
+    can fail on their own, and the weights lived in a temporary folder that the failure would
+    delete. They are copied under ``SURG_HOME/training-kept/`` instead, with what was about to be
+    registered, and the command that registers them is printed. The failure still propagates.
     """
     run = TrainingRun(name)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    # Only the main thread may set handlers (typer's test runner calls from it too).
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
     try:
         yield run
+    except _Terminated:
+        if run.weights is not None and run.weights.is_file():
+            _keep(run)
+        raise SystemExit(143) from None
     except BaseException:  # an interrupt during a long scoring step loses the weights too
         if run.weights is not None and run.weights.is_file():
             _keep(run)
         raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _keep(run: TrainingRun) -> Path | None:
+def _keep(run: TrainingRun) -> None:
     """Copy the run's weights (and registration) to a new folder under SURG_HOME; say where."""
     from resources.settings import load_settings
 
+    folder = None
     try:
         parent = load_settings().home / KEPT_FOLDER
         parent.mkdir(parents=True, exist_ok=True)
@@ -160,27 +210,39 @@ def _keep(run: TrainingRun) -> Path | None:
         shutil.copy2(run.weights, folder / f".{KEPT_WEIGHTS}.part")
         os.replace(folder / f".{KEPT_WEIGHTS}.part", folder / KEPT_WEIGHTS)
         if run.registration is not None:
+            saved = {**run.registration, "weights_sha256": _sha256(folder / KEPT_WEIGHTS)}
             part = folder / f".{KEPT_REGISTRATION}.part"
-            part.write_text(json.dumps(run.registration, indent=1, default=str))
+            part.write_text(json.dumps(saved, indent=1, default=str))
             os.replace(part, folder / KEPT_REGISTRATION)
-    except Exception as exc:  # never hide the failure that brought us here
-        err.print(f"the trained weights could not be kept: {exc}", markup=False)
-        return None
+    except BaseException as exc:  # never hide the failure that brought us here
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)  # no half-kept folder to mistake
+        err.print(f"the trained weights could not be kept: {exc!r}", markup=False)
+        return
     kept = folder / KEPT_WEIGHTS
     if run.registration is not None:
         then = f"Register them without training again: surg models register-kept {folder}"
-    else:
+    elif run.name == "instrument_detector":
         then = (
-            "They were not scored yet, so there is nothing to register; --model trains on "
-            "from them."
+            "They were not scored, so there is nothing to register; `surg train detector "
+            "--model` trains on from them."
         )
+    else:
+        then = "They were not scored, so there is nothing to register; train again."
     err.print(
         f"training finished but a later step failed; the trained weights are kept in {kept}. "
         f"{then}",
         markup=False,
         soft_wrap=True,
     )
-    return folder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @train_app.command("detector")
@@ -218,7 +280,6 @@ def train_detector_command(
         require_cholec80_yaml,
         with_extra_training,
     )
-    from surg_assets.models import approved_model
 
     extra_yaml = _also_train_yaml(also_train) if also_train else None
 
@@ -246,6 +307,8 @@ def train_detector_command(
                 f"training on {joined['train']} images of --data and {joined['also_train']} "
                 "of --also-train"
             )
+        # After the data is checked, before training: see _approved_or_none.
+        approved = run.compare_with(_approved_or_none("instrument_detector"))
         err.print(f"training the instrument detector for {epochs} epochs at {imgsz} px")
         result = train_detector(
             train_yaml, Path(tmp) / "runs", epochs=epochs, imgsz=imgsz, init=model, seed=seed
@@ -258,11 +321,9 @@ def train_detector_command(
             err.print(f"on the --also-train data's validation split: box mAP50 {also:.3f}")
         # The Approved detector's figures come from its own data (the defaults: synthetic
         # frames); the candidate must not be worse than it on *this* validation split.
-        try:
-            version, current = approved_model(_registry(), "instrument_detector")
-        except InputError:  # none Approved and no default weights: nothing to compare with
-            version, baseline = None, None
-        else:
+        version, baseline = None, None
+        if approved is not None:
+            version, current = approved
             baseline = evaluate_detector(current, data_yaml, imgsz=imgsz)
             err.print(
                 f"{version.version} on the same validation split: box mAP50 "
@@ -397,10 +458,12 @@ def train_phase_command(
     )
     decoded = dict(zip(cases, sample_cases(cases), strict=True))
     baseline = None
+    approved = _approved_or_none("phase_model")
     with (
         tempfile.TemporaryDirectory(prefix="surg-train-") as tmp,
         _keep_on_failure("phase_model") as run,
     ):
+        run.compare_with(approved)
         path, metrics = train_phases(
             [decoded[c] for c in train],
             Path(tmp) / "phase.pt",
@@ -418,7 +481,7 @@ def train_phase_command(
                 f"held out: frame accuracy {metrics['val_frame_accuracy']:.3f}, mean Jaccard "
                 f"{metrics['val_mean_jaccard']:.3f}"
             )
-            baseline = _phase_baseline(phases, scored, min_segment_s)
+            baseline = _phase_baseline(approved, phases, scored, min_segment_s)
         card = _card(
             "phase_model",
             sys.argv,
@@ -438,18 +501,17 @@ def train_phase_command(
 
 
 def _phase_baseline(
-    phases: list[str], cases: list[Any], min_segment_s: float
+    approved: tuple[Any, Path] | None, phases: list[str], cases: list[Any], min_segment_s: float
 ) -> dict[str, float] | None:
-    """The Approved phase model's scores on the held-out cases, or ``{}`` (nothing to compare
-    with) when it knows other phases: a cholecystectomy model says nothing about POEM."""
+    """The Approved phase model's scores on the held-out cases; ``{}`` (nothing to compare
+    with) when it knows other phases (a cholecystectomy model says nothing about POEM), None
+    when there is none."""
     from ml_models.phases import PhaseModel
     from ml_models.training import evaluate_phases
-    from surg_assets.models import approved_model
 
-    try:
-        version, weights = approved_model(_registry(), "phase_model")
-    except InputError:  # none Approved and no default weights
+    if approved is None:
         return None
+    version, weights = approved
     current = PhaseModel.load(weights)
     if list(current.phases) != list(phases):
         err.print(
@@ -503,7 +565,6 @@ def train_out_of_body_command(
         train_out_of_body,
     )
     from resources.settings import load_settings
-    from surg_assets.models import approved_model
 
     if data is None:
         data = load_settings().home / "default-training" / "synthetic"
@@ -530,10 +591,12 @@ def train_out_of_body_command(
     train, held = hold_out_cases(cases, val_cases, seed)
     held_real = split_real_frames(frames, seed)[1] if frames else []
     decoded = dict(zip(cases, sample_cases(cases), strict=True))
+    approved = _approved_or_none("out_of_body_model")
     with (
         tempfile.TemporaryDirectory(prefix="surg-train-") as tmp,
         _keep_on_failure("out_of_body_model") as run,
     ):
+        run.compare_with(approved)
         path, metrics = train_out_of_body(
             [decoded[c] for c in train], Path(tmp) / "oob.pt", frames, seed=seed
         )
@@ -545,11 +608,8 @@ def train_out_of_body_command(
         if held or held_real:
             metrics.update(evaluate_out_of_body(OutOfBodyClassifier.load(path), scored, held_real))
             err.print(f"held out: {_oob_summary(metrics)}")
-            try:
-                version, weights = approved_model(_registry(), "out_of_body_model")
-            except InputError:  # none Approved and no default weights
-                pass
-            else:
+            if approved is not None:
+                version, weights = approved
                 current = OutOfBodyClassifier.load(weights)
                 baseline = evaluate_out_of_body(current, scored, held_real)
                 err.print(f"{version.version} on the same frames: {_oob_summary(baseline)}")
@@ -644,7 +704,18 @@ def models_register_kept(
 ) -> None:
     """Register weights a training run kept when its registration failed, without training
     again. They are judged as the run would have judged them: on the figures it measured,
-    against the Approved version's figures measured then. The folder goes once registered."""
+    against the Approved version's figures measured then (refused if another version has been
+    Approved since). The folder goes once registered."""
+    from resources.settings import load_settings
+
+    kept_root = (load_settings().home / KEPT_FOLDER).resolve()
+    # Only a folder a training run made: the command deletes it once registered, and what it
+    # registers must be what a run scored, not any folder with a JSON file in it.
+    if folder.is_symlink() or folder.resolve().parent != kept_root or not folder.is_dir():
+        raise InputError(
+            f"{folder.name} is not a folder a training run kept; pass one that `surg train` "
+            f"printed, under {KEPT_FOLDER}/ of SURG_HOME."
+        )
     weights, saved = folder / KEPT_WEIGHTS, folder / KEPT_REGISTRATION
     if not weights.is_file():
         raise InputError(
@@ -654,20 +725,73 @@ def models_register_kept(
     if not saved.is_file():
         raise InputError(
             f"the weights in {folder.name} were kept before they were scored, so there is "
-            "nothing to register; train again (--model takes them to start from)."
+            "nothing to register; train again."
         )
-    try:
-        r = json.loads(saved.read_text())
-        name, card, metrics = r["name"], r["card"], r["metrics"]
-        baseline, primary = r.get("baseline"), r["primary"]
-        if name not in PRIMARY_METRIC or not isinstance(card, dict):
-            raise ValueError(name)
-    except (ValueError, KeyError, TypeError) as exc:
+    r = _kept_registration(folder.name, saved)
+    if r["weights_sha256"] != _sha256(weights):
         raise InputError(
-            f"{KEPT_REGISTRATION} in {folder.name} is not one a training run wrote; train again."
-        ) from exc
-    _register(name, weights, card, metrics, approve_as, baseline, primary)
-    shutil.rmtree(folder)
+            f"the {KEPT_WEIGHTS} in {folder.name} are not the weights its {KEPT_REGISTRATION} "
+            "scored; train again."
+        )
+    name = r["name"]
+    if r.get("baseline") is not None:
+        now = _approved_or_none(name)
+        if (now[0].version if now else None) != r.get("baseline_version"):
+            raise InputError(
+                f"{folder.name} was compared with {name} {r.get('baseline_version')}, and "
+                f"{now[0].version if now else 'none'} is Approved now; train again to compare "
+                "with it."
+            )
+    card = {**r["card"], "registered_from_kept": folder.name}
+
+    def consumed() -> None:  # registered: the folder must not register a second version
+        for path in (saved, weights):
+            path.unlink(missing_ok=True)
+        folder.rmdir()
+
+    _register(
+        name, weights, card, r["metrics"], approve_as, r.get("baseline"), r["primary"],
+        registered=consumed,
+    )  # fmt: skip
+
+
+# The metrics a kept run may be judged on (train_* when no data was held out).
+JUDGED_ON = {
+    "instrument_detector": {"box_map50"},
+    "phase_model": {"train_frame_accuracy", "val_frame_accuracy"},
+    "out_of_body_model": {"train_accuracy", "val_accuracy"},
+}
+
+
+def _kept_registration(folder_name: str, path: Path) -> dict[str, Any]:
+    """A kept run's registration.json, its types checked; one user error if it is not one."""
+
+    def figures(value: Any) -> bool:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+            for k, v in value.items()
+        )
+
+    try:
+        r = json.loads(path.read_text())
+        ok = (
+            isinstance(r, dict)
+            and r.get("name") in JUDGED_ON
+            and isinstance(r.get("card"), dict)
+            and figures(r.get("metrics"))
+            and (r.get("baseline") is None or figures(r.get("baseline")))
+            and r.get("primary") in JUDGED_ON[r["name"]]
+            and r["primary"] in r["metrics"]
+            and isinstance(r.get("weights_sha256"), str)
+            and (r.get("baseline_version") is None or isinstance(r["baseline_version"], str))
+        )
+    except (ValueError, TypeError, UnicodeDecodeError):  # not JSON, or unhashable values
+        ok = False
+    if not ok:
+        raise InputError(
+            f"{KEPT_REGISTRATION} in {folder_name} is not one a training run wrote; train again."
+        )
+    return r
 
 
 def _audit(

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -575,15 +576,18 @@ def test_train_out_of_body_adds_real_in_body_frames_and_refuses_a_folder_without
 def test_a_failed_registration_keeps_the_trained_weights_and_registers_them_later(
     tmp_path: Path, synthetic_case: Path
 ) -> None:
-    """Training can take hours; a registry that fails after it (here: its database is down)
-    must not delete the weights with the run's temporary folder."""
+    """Training can take hours; a catalog that fails after it (here: it refuses writes) must
+    not delete the weights with the run's temporary folder."""
     home = tmp_path / "home"
-    down = {"SURG_CATALOG_URL": "postgresql+psycopg://surg@127.0.0.1:9/none?connect_timeout=2"}
-    failed = surg(home, "train", "out-of-body", "--data", str(synthetic_case), **down)
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    # The catalog and the shipped defaults in place, then the database opened read-only: the
+    # command's check before training reads, and the registration after it writes.
+    assert surg(home, "models", "path", "out_of_body_model").returncode == 0
+    read_only = {"SURG_CATALOG_URL": f"sqlite:///file:{home / 'catalog.db'}?mode=ro&uri=true"}
+    failed = surg(home, "train", "out-of-body", "--data", str(synthetic_case), **read_only)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
     error = [ln for ln in failed.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(error) == 1 and "the catalog database failed: " in error[0], failed.stderr
-    assert "Check that it is running and that SURG_CATALOG_URL points to it." in error[0]
+    assert len(error) == 1 and "the database failed: " in error[0], failed.stderr
+    assert "readonly database" in error[0]
     said = re.search(r"the trained weights are kept in (\S+)\.", failed.stderr)
     assert said, failed.stderr
     kept = Path(said[1])
@@ -591,54 +595,125 @@ def test_a_failed_registration_keeps_the_trained_weights_and_registers_them_late
     assert oct(kept.parent.stat().st_mode & 0o777) == "0o700"  # weights learned from case data
     assert f"surg models register-kept {kept.parent}" in failed.stderr
     saved = json.loads((kept.parent / "registration.json").read_text())
-    assert saved["name"] == "out_of_body_model" and saved["metrics"]["train_accuracy"] > 0.5
+    assert saved["name"] == "out_of_body_model" and saved["primary"] == "train_accuracy"
+    assert 0.0 <= saved["metrics"]["train_accuracy"] <= 1.0
     weights = kept.read_bytes()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(kept.parent, pristine)
+    _kept_folders_are_checked(home, pristine)
 
-    # With the database back, the kept run registers without training again.
+    # With the database writable again, the kept run registers without training again, once.
     registered = surg(home, "models", "register-kept", str(kept.parent), "--approve-as", "ana")
     assert registered.returncode == 0, registered.stderr
     version = registered.stdout.strip().splitlines()[-1]
-    assert f"out_of_body_model {version} registered: Approved" in registered.stderr
+    assert f"out_of_body_model {version} registered: Pending" in registered.stderr
+    assert f"out_of_body_model {version} approved by ana" in registered.stderr
     assert not kept.parent.exists()
     path = surg(home, "models", "path", "out_of_body_model")
     assert Path(path.stdout.strip()).read_bytes() == weights
-    again = surg(home, "models", "register-kept", str(kept.parent))
-    assert_user_error(again, "holds no kept weights.pt")
-
-
-def test_weights_kept_before_scoring_are_not_registrable(
-    tmp_path: Path, surg_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A detector whose scoring step fails is kept too, and says it cannot be registered as
-    it is; a hand-made folder is refused in one line."""
-    from typer.testing import CliRunner
-
-    from surg_assets.cli import app
-
-    data = _real_boxes(tmp_path, images=12)
-    # The registry is first needed after training, to score the Approved detector beside it.
-    monkeypatch.setenv(
-        "SURG_CATALOG_URL", "postgresql+psycopg://surg@127.0.0.1:9/none?connect_timeout=2"
-    )
-    args = ["train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "96"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code != 0
-    said = re.search(r"the trained weights are kept in (\S+)\.", result.output)
-    assert said and "not scored yet" in result.output, result.output
-    kept = Path(said[1])
-    from ultralytics import YOLO
-
-    assert YOLO(str(kept)).names[0] == "grasper"  # a whole, loadable detector
-    monkeypatch.delenv("SURG_CATALOG_URL")
-    refused = surg(surg_home, "models", "register-kept", str(kept.parent))
-    assert_user_error(refused, "were kept before they were scored")
-    assert kept.is_file()  # a refusal deletes nothing
-    (kept.parent / "registration.json").write_text("{not json")
     assert_user_error(
-        surg(surg_home, "models", "register-kept", str(kept.parent)),
-        "registration.json in",
+        surg(home, "models", "register-kept", str(kept.parent)), "is not a folder a training"
     )
-    assert kept.is_file()
+    audit = surg(home, "audit", "export", "--since", "2000-01-01T00:00:00")
+    assert any(
+        '"model.approve"' in ln and f'"{version}"' in ln and '"ana"' in ln
+        for ln in audit.stdout.splitlines()
+    ), audit.stdout  # --approve-as is audited like `surg models approve`
+
+
+def _kept_folders_are_checked(home: Path, pristine: Path) -> None:
+    """register-kept registers only an untouched folder a run kept, and deletes nothing else."""
+    root = home / "training-kept"
+
+    def variant(name: str, change: Any = None) -> Path:
+        folder = root / name
+        shutil.copytree(pristine, folder)
+        if change is not None:
+            change(folder)
+        return folder
+
+    outside = pristine.parent / "elsewhere"
+    shutil.copytree(pristine, outside)
+    (outside / "notes.txt").write_text("mine")
+    assert_user_error(surg(home, "models", "register-kept", str(outside)), "not a folder a")
+    assert (outside / "notes.txt").is_file() and (outside / "weights.pt").is_file()
+    link = root / "link"
+    link.symlink_to(outside)
+    assert_user_error(surg(home, "models", "register-kept", str(link)), "not a folder a")
+
+    def edit(**changes: Any) -> Any:
+        def apply(folder: Path) -> None:
+            saved = json.loads((folder / "registration.json").read_text())
+            (folder / "registration.json").write_text(json.dumps({**saved, **changes}))
+
+        return apply
+
+    for name, change, fragment in (
+        ("swapped", lambda f: (f / "weights.pt").write_bytes(b"other"), "not the weights"),
+        ("types", edit(metrics="abc"), "is not one a training run wrote"),
+        ("gate", edit(primary="made_up"), "is not one a training run wrote"),
+        ("baseline", edit(baseline=[1]), "is not one a training run wrote"),
+        # Compared with v7 when it trained; v1 is Approved now: the comparison is stale.
+        ("stale", edit(baseline={"train_accuracy": 0.5}, baseline_version="v7"),
+         "was compared with out_of_body_model v7, and v1 is Approved now"),
+    ):  # fmt: skip
+        folder = variant(name, change)
+        assert_user_error(surg(home, "models", "register-kept", str(folder)), fragment)
+        assert (folder / "weights.pt").is_file()  # a refusal deletes nothing
+        shutil.rmtree(folder)
+    link.unlink()
+
+
+def test_training_fails_before_it_starts_when_the_catalog_is_down(
+    tmp_path: Path, synthetic_case: Path
+) -> None:
+    """The catalog is needed after training; a database that is down is found before it."""
+    from surg_assets_tests.conftest import UNREACHABLE_CATALOG_URL
+
+    home = tmp_path / "home"
+    down = {"SURG_CATALOG_URL": UNREACHABLE_CATALOG_URL}
+    failed = surg(home, "train", "out-of-body", "--data", str(synthetic_case), **down)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.startswith("error: the database failed: ") and "refused" in failed.stderr
+    assert "kept" not in failed.stderr and not (home / "training-kept").exists()
+    # The password of the URL never reaches the message, even one the driver misreads.
+    odd = {"SURG_CATALOG_URL": "postgresql+psycopg://surg:s3cr@tpw@127.0.0.1:9/x"}
+    listed = surg(home, "models", "list", **odd)
+    assert listed.returncode == 1 and "tpw" not in listed.stderr and "s3cr" not in listed.stderr
+
+
+def test_weights_kept_before_scoring_or_on_sigterm_are_not_registrable(
+    surg_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A failure (or a scheduler's SIGTERM) after training and before scoring keeps the
+    weights too, says they cannot be registered as they are, and leaves nothing half-kept."""
+    import signal
+
+    from surg_assets.cli_models import _keep_on_failure
+    from surg_assets.models import default_weights_file
+
+    trained = surg_home / "trained.pt"
+    surg_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(default_weights_file("instrument_detector"), trained)
+    with pytest.raises(RuntimeError), _keep_on_failure("instrument_detector") as run:
+        run.weights = trained
+        raise RuntimeError("scoring failed")
+    said = capsys.readouterr().err
+    assert "not scored" in said and "surg train detector --model" in said, said
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped, _keep_on_failure("phase_model") as run:
+        run.weights = trained
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stopped.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    folders = sorted((surg_home / "training-kept").iterdir())
+    assert [f.name.split("-")[0] for f in folders] == ["instrument_detector", "phase_model"]
+    for folder in folders:
+        assert sorted(p.name for p in folder.iterdir()) == ["weights.pt"]  # no .part left
+        assert (folder / "weights.pt").read_bytes() == trained.read_bytes()
+        refused = surg(surg_home, "models", "register-kept", str(folder))
+        assert_user_error(refused, "were kept before they were scored")
+        assert (folder / "weights.pt").is_file()
 
 
 def test_annotations_import_into_the_catalog(tmp_path: Path) -> None:

@@ -601,6 +601,7 @@ def out_of_body_model(
         weights = Path(tmp) / "out_of_body_model.pt"
 
         def fit() -> tuple[Path, dict[str, float]]:
+            torch.manual_seed(config.seed)  # the initial weights too, whatever ran before
             fresh = FrameCNN(2)
             losses = train_classifier(fresh, images, labels, epochs=config.epochs, seed=config.seed)
             for epoch, loss in enumerate(losses):

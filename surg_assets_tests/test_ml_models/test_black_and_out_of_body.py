@@ -109,3 +109,24 @@ def test_out_of_body_scores_streamed_in_batches_equal_one_pass(synthetic_case: P
     assert scores.shape == whole.shape and np.allclose(scores, whole, atol=1e-5)
     assert (whole >= model.threshold).any() and (whole < model.threshold).any()
     assert len(OutOfBodyScores(None).finish()) == 0
+
+
+def test_the_seed_alone_decides_the_trained_out_of_body_model(
+    synthetic_case: Path, tmp_path: Path
+) -> None:
+    """Whatever ran before in the process (here: draws from torch's global generator, as a
+    model lookup before training makes), the same seed trains the same weights."""
+    import torch
+
+    from ml_models.training import sample_cases, train_out_of_body
+
+    (case,) = sample_cases([synthetic_case])
+    states = []
+    for before in (0, 1000):
+        torch.rand(before)
+        path, _ = train_out_of_body([case], tmp_path / f"after-{before}.pt", None, epochs=1)
+        states.append(OutOfBodyClassifier.load(path).model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    other, _ = train_out_of_body([case], tmp_path / "seed-1.pt", None, epochs=1, seed=1)
+    changed = OutOfBodyClassifier.load(other).model.state_dict()
+    assert not all(torch.equal(states[0][k], changed[k]) for k in changed)
