@@ -324,7 +324,6 @@ def train_phase_model(
         keep = np.linspace(0, len(all_labels) - 1, encoder_frames).round().astype(int)
         all_images, all_labels = all_images[keep], all_labels[keep]
         all_tools = all_tools[keep] if all_tools is not None else None
-    torch.manual_seed(seed)  # the initial weights too: the seed alone decides the model
     encoder = FrameCNN(n, n_tools=all_tools.shape[1] if all_tools is not None else 0, pool=pool)
     started = time.perf_counter()
     train_classifier(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import platform
@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ml_models.datasets import sha256_file
 from ml_models.errors import InputError
 
 train_app = typer.Typer(
@@ -96,6 +97,15 @@ def _register(
     from surg_assets.assets.training import thresholds
 
     registry = _registry()
+    if run is not None and baseline is not None:
+        # Compared with the version Approved when training began; another may be since.
+        now = registry.newest_approved(name)
+        if (now.version if now else None) != run.approved_version:
+            raise InputError(
+                f"{name} {now.version if now else 'none'} was Approved while this model "
+                f"trained, and it was compared with {run.approved_version}; train again to "
+                "compare it with the version Approved now."
+            )
     row = registry.register_candidate(
         name,
         {"weights.pt": weights},
@@ -174,25 +184,34 @@ def _keep_on_failure(name: str) -> Iterator[TrainingRun]:
     """
     run = TrainingRun(name)
 
+    pid = os.getpid()
+
     def terminate(signum: int, frame: Any) -> None:
-        raise _Terminated()
+        if os.getpid() == pid:  # not in a forked data-loader worker, which just ends
+            raise _Terminated()
+        os._exit(143)
 
     # Only the main thread may set handlers (typer's test runner calls from it too).
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminate) if main else None
+
+    def keep() -> None:
+        if run.weights is not None and run.weights.is_file():
+            if main:  # a second SIGTERM must not cut the copy short
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            _keep(run)
+
     try:
         yield run
     except _Terminated:
-        if run.weights is not None and run.weights.is_file():
-            _keep(run)
+        keep()
         raise SystemExit(143) from None
     except BaseException:  # an interrupt during a long scoring step loses the weights too
-        if run.weights is not None and run.weights.is_file():
-            _keep(run)
+        keep()
         raise
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        if main:  # None: a handler not set from Python; the default stands in for it
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _keep(run: TrainingRun) -> None:
@@ -210,7 +229,7 @@ def _keep(run: TrainingRun) -> None:
         shutil.copy2(run.weights, folder / f".{KEPT_WEIGHTS}.part")
         os.replace(folder / f".{KEPT_WEIGHTS}.part", folder / KEPT_WEIGHTS)
         if run.registration is not None:
-            saved = {**run.registration, "weights_sha256": _sha256(folder / KEPT_WEIGHTS)}
+            saved = {**run.registration, "weights_sha256": sha256_file(folder / KEPT_WEIGHTS)}
             part = folder / f".{KEPT_REGISTRATION}.part"
             part.write_text(json.dumps(saved, indent=1, default=str))
             os.replace(part, folder / KEPT_REGISTRATION)
@@ -235,14 +254,6 @@ def _keep(run: TrainingRun) -> None:
         markup=False,
         soft_wrap=True,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @train_app.command("detector")
@@ -728,7 +739,7 @@ def models_register_kept(
             "nothing to register; train again."
         )
     r = _kept_registration(folder.name, saved)
-    if r["weights_sha256"] != _sha256(weights):
+    if r["weights_sha256"] != sha256_file(weights):
         raise InputError(
             f"the {KEPT_WEIGHTS} in {folder.name} are not the weights its {KEPT_REGISTRATION} "
             "scored; train again."
@@ -747,7 +758,8 @@ def models_register_kept(
     def consumed() -> None:  # registered: the folder must not register a second version
         for path in (saved, weights):
             path.unlink(missing_ok=True)
-        folder.rmdir()
+        with contextlib.suppress(OSError):  # something else put in it stays, with the folder
+            folder.rmdir()
 
     _register(
         name, weights, card, r["metrics"], approve_as, r.get("baseline"), r["primary"],

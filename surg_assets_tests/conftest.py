@@ -190,11 +190,17 @@ def unreachable_registry(resources: dict, home: Path) -> Any:
 
 
 def fail_registration_then_retry(
-    asset: Any, dataset: Any, resources: dict, home: Path, run_config: dict
+    asset: Any,
+    dataset: Any,
+    resources: dict,
+    home: Path,
+    run_config: dict,
+    swap_kept_weights: bool = False,
 ) -> tuple[Any, dict[str, bytes], Any, list[str]]:
     """Snapshot the dataset, train ``asset`` with the registry's database down (the run fails
     after training), then run it again with it up. Returns the failed result, what the lake
-    kept under training-runs/ between the two (key -> bytes), the retried result and its log."""
+    kept under training-runs/ between the two (key -> bytes), the retried result and its log.
+    ``swap_kept_weights`` overwrites the kept weights between the two runs."""
     import dagster as dg
 
     blob_store = resources["blob_store"]
@@ -210,6 +216,9 @@ def fail_registration_then_retry(
         kept = {
             b.key: blob_store.get_bytes(b.key) for b in blob_store.list_prefix("training-runs/")
         }
+        if swap_kept_weights:
+            (weights,) = [k for k in kept if k.endswith("/weights.pt")]
+            blob_store.put_bytes(weights, b"not the weights that were trained")
         retried = dg.materialize(
             [asset], instance=instance, resources=resources, run_config=run_config
         )

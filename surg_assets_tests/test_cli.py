@@ -737,3 +737,34 @@ def test_annotations_import_into_the_catalog(tmp_path: Path) -> None:
     failed = surg(home, "annotations", "import", str(bad), "--dataset", "x", "--format",
                   "cholec80-phase")  # fmt: skip
     assert_user_error(failed, "line 2")
+
+
+def test_a_model_compared_with_a_version_since_replaced_is_not_registered(
+    surg_home: Path,
+) -> None:
+    """Training takes hours; the version it was compared with may be replaced meanwhile. The
+    comparison is then stale: nothing is registered, and the weights stay kept (not lost)."""
+    from ml_models.errors import InputError
+    from surg_assets.cli_models import TrainingRun, _register, _registry
+    from surg_assets.models import approved_model, default_weights_file
+
+    registry = _registry()
+    version, weights = approved_model(registry, "out_of_body_model")  # the shipped v1
+    run = TrainingRun("out_of_body_model")
+    run.approved_version = "v0"  # compared with an earlier one than is Approved now
+    run.weights = weights
+    before = [v.version for v in registry.versions("out_of_body_model")]
+    with pytest.raises(InputError, match=f"{version.version} was Approved while this model"):
+        _register(
+            "out_of_body_model", weights, {}, {"val_accuracy": 1.0}, None,
+            {"val_accuracy": 0.5}, "val_accuracy", run,
+        )  # fmt: skip
+    assert [v.version for v in registry.versions("out_of_body_model")] == before
+    assert run.weights == weights and run.registration["baseline_version"] == "v0"
+    # The same comparison against the version Approved now registers.
+    run.approved_version = version.version
+    _register(
+        "out_of_body_model", Path(default_weights_file("out_of_body_model")), {},
+        {"val_accuracy": 1.0}, None, {"val_accuracy": 0.5}, "val_accuracy", run,
+    )  # fmt: skip
+    assert len(registry.versions("out_of_body_model")) == len(before) + 1

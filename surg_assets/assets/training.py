@@ -16,12 +16,14 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import dagster as dg
 import numpy as np
 
+from ml_models.datasets import sha256_file
 from ml_models.errors import InputError
 from ml_models.formats.cholec80 import PHASES
 from resources import datasets as snapshots
@@ -155,11 +157,14 @@ def _govern(
     catalog: Catalog,
     tracked: _Tracked,
     baseline: dict[str, float] | None = None,
+    registered: Callable[[], None] | None = None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Register under governance, audit the decision, and report materialization + check.
 
     ``baseline``: the Approved version's metrics on the same held-out data (``{}``: nothing
     comparable); None compares with the metrics it was registered with.
+    ``registered``: called as soon as the registry holds the version, before anything else
+    that could fail (a retry must not register the same weights twice).
     """
     dataset_version = f"{manifest['name']}:{manifest['version']}"
     gates = thresholds(name)
@@ -174,6 +179,8 @@ def _govern(
         auto_approve=auto_approve(),
         baseline=baseline,
     )
+    if registered is not None:
+        registered()
     AuditLog(catalog).record(
         row.decided_by or "evaluation",
         "model.register",
@@ -236,9 +243,10 @@ TRAINED_PREFIX = "training-runs"
 def _training_request(
     name: str, manifest: dict[str, Any], config: dg.Config, init: str = ""
 ) -> str:
-    """The key of one training request: the model, the snapshot's content, the hyperparameters
-    and the starting weights' bytes. The device is left out: where it ran does not change what
-    was asked for."""
+    """The key of one training request: the model, the snapshot's content, the hyperparameters,
+    the starting weights' bytes and the code that trains (this package, torch, ultralytics), so
+    that weights kept by an older release are never taken for this one's. The device is left
+    out: where it ran does not change what was asked for."""
     started_from = init
     if Path(init).is_file():
         started_from = hashlib.sha256(Path(init).read_bytes()).hexdigest()
@@ -247,16 +255,27 @@ def _training_request(
         "dataset": manifest["content_hash"],
         "config": {k: v for k, v in config.model_dump().items() if k != "device"},
         "init": started_from,
+        "code": {pkg: _version(pkg) for pkg in ("surg-assets", "torch", "ultralytics")},
     }
     digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     return f"{TRAINED_PREFIX}/{name}/{digest[:32]}"
 
 
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
 class _Trained(NamedTuple):
+    """Weights ready to score: trained now, or by an earlier attempt at the same request."""
+
     weights: Path
     metrics: dict[str, float]  # what training itself reported (ultralytics' last validation)
     seconds: float
-    reused: bool  # trained by an earlier attempt at the same request
+    reused: bool
+    provenance: dict[str, Any]  # who trained them, when, where (for the model card)
 
 
 def _train_once(
@@ -270,34 +289,75 @@ def _train_once(
     earlier attempt trained for the same request (``_training_request``) and did not register.
 
     A failure after training (scoring, export, the registry) must not cost the training again.
-    The weights stay under the request's key until ``_forget`` after registration.
+    The weights stay under the request's key until ``_govern`` registers them. Kept weights
+    that are incomplete or not the ones their record names are not used: training starts afresh.
     """
-    # A listing, not a HEAD: on S3 a HEAD of a missing key is refused (403) to a role that may
-    # list only some prefixes, and training-runs/ is one it may list.
-    kept = {blob.key for blob in blob_store.list_prefix(f"{request}/")}
-    if f"{request}/training.json" in kept:
-        blob_store.download(f"{request}/weights.pt", dest)
-        earlier = json.loads(blob_store.get_bytes(f"{request}/training.json"))
-        context.log.info(
-            f"an earlier attempt trained these weights ({earlier['train_seconds']:.0f} s) on the "
-            "same snapshot, hyperparameters and starting weights, and failed after training: "
-            "its weights are used"
-        )
-        return _Trained(dest, earlier["metrics"], earlier["train_seconds"], True)
+    kept = _kept_attempt(context, blob_store, request, dest)
+    if kept is not None:
+        return kept
     started = time.perf_counter()
     weights, metrics = train()
     seconds = round(time.perf_counter() - started, 1)
+    import torch
+
+    provenance = {
+        "trained_by": f"dagster run {context.run_id}",
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+    }
     blob_store.put_file(f"{request}/weights.pt", weights)
-    # training.json last: weights without it are not a finished attempt.
-    summary = {"metrics": metrics, "train_seconds": seconds}
-    blob_store.put_bytes(f"{request}/training.json", json.dumps(summary).encode())
-    return _Trained(weights, metrics, seconds, False)
+    # training.json last, naming the weights' digest: weights without it, or other weights
+    # than it names, are not a finished attempt.
+    record = {
+        "metrics": metrics,
+        "train_seconds": seconds,
+        "weights_sha256": sha256_file(weights),
+        "provenance": provenance,
+    }
+    blob_store.put_bytes(f"{request}/training.json", json.dumps(record).encode())
+    return _Trained(weights, metrics, seconds, False, provenance)
 
 
-def _forget(blob_store: BlobStore, request: str) -> None:
-    """Registered (Pending, Approved or Rejected): the registry holds the weights now."""
-    for blob in blob_store.list_prefix(f"{request}/"):
-        blob_store.delete(blob.key)
+def _kept_attempt(
+    context: dg.AssetExecutionContext, blob_store: BlobStore, request: str, dest: Path
+) -> _Trained | None:
+    """The weights an earlier attempt kept for ``request``, checked; None to train afresh."""
+    # A listing, not a HEAD: on S3 a HEAD of a missing key is refused (403) to a role that may
+    # list only some prefixes, and training-runs/ is one it may list.
+    kept = {blob.key for blob in blob_store.list_prefix(f"{request}/")}
+    if not {f"{request}/training.json", f"{request}/weights.pt"} <= kept:
+        return None
+    try:
+        record = json.loads(blob_store.get_bytes(f"{request}/training.json"))
+        blob_store.download(f"{request}/weights.pt", dest)
+        intact = record["weights_sha256"] == sha256_file(dest)
+    except Exception as exc:  # removed midway by another run or the expiry rule, unreadable
+        context.log.warning(f"the weights kept for this request cannot be read ({exc!r})")
+        intact = False
+    if not intact:
+        context.log.warning("the kept weights are not the ones their record names: training")
+        return None
+    context.log.info(
+        f"an earlier attempt ({record['provenance']['trained_by']}) trained these weights "
+        f"({record['train_seconds']:.0f} s) on the same snapshot, hyperparameters, starting "
+        "weights and code, and failed after training: its weights are used"
+    )
+    return _Trained(dest, record["metrics"], record["train_seconds"], True, record["provenance"])
+
+
+def _forget(context: dg.AssetExecutionContext, blob_store: BlobStore, request: str) -> None:
+    """Drop the kept weights of a registered request (the registry holds them now).
+
+    Best effort: the version is registered whatever happens here, and a failure must not fail
+    the run (its retry would register the same weights again). The record goes first, so that
+    what is left of a half-done deletion is never taken for a finished attempt.
+    """
+    try:
+        blob_store.delete(f"{request}/training.json")
+        for blob in blob_store.list_prefix(f"{request}/"):
+            blob_store.delete(blob.key)
+    except Exception as exc:
+        context.log.warning(f"the kept weights of {request} were not removed ({exc!r})")
 
 
 def _detector_init(config: DetectorTrainingConfig, registry: ModelRegistry) -> tuple[str, str]:
@@ -392,6 +452,8 @@ def instrument_detector(
             hyperparameters=config.model_dump(),
             train_seconds=trained.seconds,
             trained_by_earlier_attempt=trained.reused,
+            registered_by=f"dagster run {context.run_id}",
+            **trained.provenance,
             evaluation="ultralytics validator on the snapshot's held-out split",
             onnx={"imgsz": config.imgsz, "dynamic_batch": True},
             reference_statistics=reference,
@@ -406,8 +468,8 @@ def instrument_detector(
             registry,
             catalog,
             tracked,
+            registered=lambda: _forget(context, blob_store, request),
         )
-        _forget(blob_store, request)
 
 
 def _phase_splits(
@@ -510,6 +572,8 @@ def phase_model(
             hyperparameters=config.model_dump(),
             train_seconds=trained.seconds,
             trained_by_earlier_attempt=trained.reused,
+            registered_by=f"dagster run {context.run_id}",
+            **trained.provenance,
             evaluation="frame accuracy at 1 fps on the snapshot's held-out split",
             procedure=manifest.get("procedure", "cholecystectomy"),
             phases=vocabulary,
@@ -529,8 +593,8 @@ def phase_model(
             catalog,
             tracked,
             baseline,
+            registered=lambda: _forget(context, blob_store, request),
         )
-        _forget(blob_store, request)
 
 
 def _phase_baseline(
@@ -630,6 +694,8 @@ def out_of_body_model(
             hyperparameters=config.model_dump(),
             train_seconds=trained.seconds,
             trained_by_earlier_attempt=trained.reused,
+            registered_by=f"dagster run {context.run_id}",
+            **trained.provenance,
             evaluation="accuracy at 1 fps on the snapshot's held-out split",
             onnx={"input": "frames (N, 3, 96, 96), normalised", "output": "logits (N, 2)"},
         )
@@ -643,5 +709,5 @@ def out_of_body_model(
             registry,
             catalog,
             tracked,
+            registered=lambda: _forget(context, blob_store, request),
         )
-        _forget(blob_store, request)

@@ -116,8 +116,9 @@ def test_phase_labels_train_both_models_from_one_snapshot(
     assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("swapped", [False, True], ids=["kept", "swapped"])
 def test_a_retried_out_of_body_model_registers_the_weights_its_first_attempt_trained(
-    surg_home: Path, synthetic_case: Path
+    surg_home: Path, synthetic_case: Path, swapped: bool
 ) -> None:
     """The phase-side assets keep their trained weights until registered, as the detector does
     (test_training_loop): a registry that fails after training costs no second training."""
@@ -127,17 +128,26 @@ def test_a_retried_out_of_body_model_registers_the_weights_its_first_attempt_tra
     blob_store = resources["blob_store"]
     run_config = {"ops": {"out_of_body_model": {"config": {"epochs": 1}}}}
     failed, kept, retried, logs = fail_registration_then_retry(
-        out_of_body_model, phase_dataset, resources, surg_home, run_config
+        out_of_body_model, phase_dataset, resources, surg_home, run_config, swapped
     )
     assert not failed.success
     assert sorted(k.rsplit("/", 1)[1] for k in kept) == ["training.json", "weights.pt"]
     assert all(k.startswith("training-runs/out_of_body_model/") for k in kept)
     weights = next(v for k, v in kept.items() if k.endswith("weights.pt"))
-    assert any("failed after training: its weights are used" in m for m in logs)
     meta = retried.asset_materializations_for_node("out_of_body_model")[0].metadata
+    card = json.loads(blob_store.get_bytes("models/out_of_body_model/v1/model_card.json"))
+    assert blob_store.list_prefix("training-runs/") == []
+    if swapped:  # other bytes than the record names: never registered, trained afresh
+        assert any("not the ones their record names: training" in m for m in logs)
+        assert meta["trained_by_earlier_attempt"].value is False
+        assert card["trained_by"] == card["registered_by"] == f"dagster run {retried.run_id}"
+        return
+    assert any("failed after training: its weights are used" in m for m in logs)
     assert meta["trained_by_earlier_attempt"].value is True
     assert blob_store.get_bytes("models/out_of_body_model/v1/weights.pt") == weights
-    assert blob_store.list_prefix("training-runs/") == []
+    # The card says who trained them, not only who registered them.
+    assert card["trained_by"] == f"dagster run {failed.run_id}"
+    assert card["registered_by"] == f"dagster run {retried.run_id}"
 
 
 def test_a_dataset_without_labelled_frames_fails_with_what_to_do(surg_home: Path) -> None:

@@ -204,7 +204,7 @@ def test_a_retry_after_a_failed_registration_uses_the_weights_already_trained(
         instrument_detector, detector_dataset, resources, surg_home, run_config
     )
     assert not failed.success
-    assert "Connection refused" in str(failed.get_step_failure_events()[0].step_failure_data)
+    assert "port 9" in str(failed.get_step_failure_events()[0].step_failure_data)
     (kept,) = [k for k in kept_blobs if k.startswith("training-runs/instrument_detector/")
                and k.endswith("/weights.pt")]  # fmt: skip
     weights = kept_blobs[kept]

@@ -483,6 +483,20 @@ def test_web_app_can_upload_raw_video_but_not_touch_models(templates: Templates,
     assert "/models/" not in text and "/datasets/" not in text
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_roles_that_train_may_keep_weights_under_training_runs(templates: Templates, env: str):
+    """Training steps keep their weights under training-runs/ until registered: the roles that
+    write models may write, read, delete and list there, and the web app may not."""
+    policies = templates.resources(env, "compute", "AWS::IAM::Policy")
+    texts = {k: _refs(p["Properties"]["PolicyDocument"]) for k, p in policies.items()}
+    training = [t for t in texts.values() if "/models/*" in t]
+    assert len(training) >= 2  # the run task and the GPU step task
+    for text in training:
+        assert "/training-runs/*" in text and '"training-runs/*"' in text  # objects, listing
+        assert "s3:DeleteObject" in text
+    assert all("training-runs" not in t for k, t in texts.items() if k.startswith("WebApp"))
+
+
 # --- settings (plain Python, importable without CDK) ---------------------------------------
 
 

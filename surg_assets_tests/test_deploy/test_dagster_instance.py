@@ -105,6 +105,23 @@ def test_run_queue_limits_runs_and_gpu_work(name: str) -> None:
         for limit in runs["tag_concurrency_limits"]
     }
     assert limits[("surg/accelerator", "gpu")] >= 1
+    assert limits[("surg/pipeline", "training")] == 1
+    # Every limit names a job, or a tag some job carries: a misspelt name limits nothing.
+    from surg_assets.jobs import (
+        analyze_case,
+        retrain_detector,
+        retrain_models,
+        retrain_phase_models,
+    )
+
+    jobs = [analyze_case, retrain_detector, retrain_phase_models, retrain_models]
+    tags = {(k, str(v)) for job in jobs for k, v in job.tags.items()}
+    names = {job.name for job in jobs}
+    for key, value in limits:
+        if key == "dagster/job_name":
+            assert value in names, value
+        elif key.startswith("surg/") and key != "surg/accelerator":
+            assert (key, value) in tags, (key, value)
     assert config["concurrency"]["pools"]["granularity"] == "op"
     assert config["telemetry"]["enabled"] is False
 
