@@ -80,7 +80,8 @@ def _register(
     ``baseline``: the Approved version's metrics on the candidate's own evaluation data.
     ``primary``: the metric it is judged on, when not the model's usual one.
     ``run``: the training run, told what is about to be registered so that a failure from
-    here on keeps it registrable (``surg models register-kept``).
+    here on keeps it registrable (``surg models register-kept``); with a ``baseline``, it is
+    refused when the Approved version it was compared with has been replaced since.
     ``registered``: called as soon as the registry holds the version, before anything that
     could still fail (the approval, the output), so a kept run is never registered twice.
     """
@@ -745,14 +746,9 @@ def models_register_kept(
             "scored; train again."
         )
     name = r["name"]
-    if r.get("baseline") is not None:
-        now = _approved_or_none(name)
-        if (now[0].version if now else None) != r.get("baseline_version"):
-            raise InputError(
-                f"{folder.name} was compared with {name} {r.get('baseline_version')}, and "
-                f"{now[0].version if now else 'none'} is Approved now; train again to compare "
-                "with it."
-            )
+    # The run as it stood: _register refuses a comparison with a version since replaced.
+    run = TrainingRun(name)
+    run.approved_version = r.get("baseline_version")
     card = {**r["card"], "registered_from_kept": folder.name}
 
     def consumed() -> None:  # registered: the folder must not register a second version
@@ -762,7 +758,7 @@ def models_register_kept(
             folder.rmdir()
 
     _register(
-        name, weights, card, r["metrics"], approve_as, r.get("baseline"), r["primary"],
+        name, weights, card, r["metrics"], approve_as, r.get("baseline"), r["primary"], run,
         registered=consumed,
     )  # fmt: skip
 

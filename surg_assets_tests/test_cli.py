@@ -655,7 +655,7 @@ def _kept_folders_are_checked(home: Path, pristine: Path) -> None:
         ("baseline", edit(baseline=[1]), "is not one a training run wrote"),
         # Compared with v7 when it trained; v1 is Approved now: the comparison is stale.
         ("stale", edit(baseline={"train_accuracy": 0.5}, baseline_version="v7"),
-         "was compared with out_of_body_model v7, and v1 is Approved now"),
+         "out_of_body_model v1 was Approved while this model trained, and it was compared with v7"),
     ):  # fmt: skip
         folder = variant(name, change)
         assert_user_error(surg(home, "models", "register-kept", str(folder)), fragment)

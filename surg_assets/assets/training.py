@@ -132,17 +132,24 @@ class _Tracked:
 
 
 def _card(name: str, manifest: dict[str, Any], context: dg.AssetExecutionContext, **extra: Any):
-    import torch
-
     return {
         "name": name,
         "dataset_version": f"{manifest['name']}:{manifest['version']}",
         "dataset_content_hash": manifest["content_hash"],
         "split_sizes": manifest.get("split_sizes"),
+        **_provenance(context),
+        **extra,
+    }
+
+
+def _provenance(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """Which run trained a model, when, and on what machine (model cards)."""
+    import torch
+
+    return {
         "trained_by": f"dagster run {context.run_id}",
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-        **extra,
     }
 
 
@@ -247,9 +254,7 @@ def _training_request(
     the starting weights' bytes and the code that trains (this package, torch, ultralytics), so
     that weights kept by an older release are never taken for this one's. The device is left
     out: where it ran does not change what was asked for."""
-    started_from = init
-    if Path(init).is_file():
-        started_from = hashlib.sha256(Path(init).read_bytes()).hexdigest()
+    started_from = sha256_file(init) if Path(init).is_file() else init
     request = {
         "model": name,
         "dataset": manifest["content_hash"],
@@ -277,6 +282,16 @@ class _Trained(NamedTuple):
     reused: bool
     provenance: dict[str, Any]  # who trained them, when, where (for the model card)
 
+    def card_fields(self, context: dg.AssetExecutionContext) -> dict[str, Any]:
+        """What the model card says of the training: its run (perhaps an earlier attempt's),
+        time, machine and seconds, and the run that registers it."""
+        return {
+            "train_seconds": self.seconds,
+            "trained_by_earlier_attempt": self.reused,
+            **self.provenance,
+            "registered_by": f"dagster run {context.run_id}",
+        }
+
 
 def _train_once(
     context: dg.AssetExecutionContext,
@@ -298,13 +313,7 @@ def _train_once(
     started = time.perf_counter()
     weights, metrics = train()
     seconds = round(time.perf_counter() - started, 1)
-    import torch
-
-    provenance = {
-        "trained_by": f"dagster run {context.run_id}",
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-    }
+    provenance = _provenance(context)
     blob_store.put_file(f"{request}/weights.pt", weights)
     # training.json last, naming the weights' digest: weights without it, or other weights
     # than it names, are not a finished attempt.
@@ -450,10 +459,7 @@ def instrument_detector(
             context,
             init=init_text,
             hyperparameters=config.model_dump(),
-            train_seconds=trained.seconds,
-            trained_by_earlier_attempt=trained.reused,
-            registered_by=f"dagster run {context.run_id}",
-            **trained.provenance,
+            **trained.card_fields(context),
             evaluation="ultralytics validator on the snapshot's held-out split",
             onnx={"imgsz": config.imgsz, "dynamic_batch": True},
             reference_statistics=reference,
@@ -570,10 +576,7 @@ def phase_model(
             manifest,
             context,
             hyperparameters=config.model_dump(),
-            train_seconds=trained.seconds,
-            trained_by_earlier_attempt=trained.reused,
-            registered_by=f"dagster run {context.run_id}",
-            **trained.provenance,
+            **trained.card_fields(context),
             evaluation="frame accuracy at 1 fps on the snapshot's held-out split",
             procedure=manifest.get("procedure", "cholecystectomy"),
             phases=vocabulary,
@@ -692,10 +695,7 @@ def out_of_body_model(
             manifest,
             context,
             hyperparameters=config.model_dump(),
-            train_seconds=trained.seconds,
-            trained_by_earlier_attempt=trained.reused,
-            registered_by=f"dagster run {context.run_id}",
-            **trained.provenance,
+            **trained.card_fields(context),
             evaluation="accuracy at 1 fps on the snapshot's held-out split",
             onnx={"input": "frames (N, 3, 96, 96), normalised", "output": "logits (N, 2)"},
         )
