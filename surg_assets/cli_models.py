@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -281,6 +282,14 @@ def train_detector_command(
         "`surg models train-defaults` left in SURG_HOME. Validation stays --data's; the new "
         "weights are scored on this dataset's validation split too.",
     ),
+    repeat_rare: float | None = typer.Option(
+        None,
+        "--repeat-rare",
+        metavar="FRACTION",
+        help="Show images of rare instruments more often in each epoch (repeat factor "
+        "sampling): an instrument in fewer than this fraction of the training images, e.g. "
+        "0.3, is repeated by sqrt(FRACTION / its share). Validation is unchanged.",
+    ),
     approve_as: str | None = typer.Option(None, "--approve-as", help="Approve now, as USER."),
 ) -> None:
     """Train the instrument detector and register it (Pending unless --approve-as)."""
@@ -289,11 +298,15 @@ def train_detector_command(
     from ml_models.formats.yolo import validation_images
     from ml_models.training import (
         boxes_to_segment_dataset,
+        check_repeat_threshold,
         require_cholec80_yaml,
         with_extra_training,
+        with_repeat_factors,
     )
 
     extra_yaml = _also_train_yaml(also_train) if also_train else None
+    if repeat_rare is not None:
+        check_repeat_threshold(repeat_rare)
 
     with (
         tempfile.TemporaryDirectory(prefix="surg-train-") as tmp,
@@ -318,6 +331,17 @@ def train_detector_command(
             err.print(
                 f"training on {joined['train']} images of --data and {joined['also_train']} "
                 "of --also-train"
+            )
+        repeated = None
+        if repeat_rare is not None:
+            train_yaml, repeated = with_repeat_factors(
+                train_yaml, Path(tmp) / "repeated.yaml", repeat_rare
+            )
+            err.print(
+                f"repeating rare instruments: {repeated.entries} training entries from "
+                f"{repeated.images} images ("
+                + ", ".join(f"{n} x{r:g}" for n, r in repeated.class_repeats.items() if r > 1)
+                + ")"
             )
         # After the data is checked, before training: see _approved_or_none.
         approved = run.compare_with(_approved_or_none("instrument_detector"))
@@ -358,6 +382,9 @@ def train_detector_command(
             imgsz=imgsz,
             seed=seed,
             also_trained_on=str(extra_yaml) if extra_yaml else None,
+            repeat_rare=(
+                {"threshold": repeat_rare, **dataclasses.asdict(repeated)} if repeated else None
+            ),
             also_val_box_map50=also,
             split=split or "as given by the data.yaml",
             split_rule="by image (file name), sha1 bucket < 0.2 -> val" if split else None,

@@ -310,7 +310,7 @@ def test_train_detector_without_any_approved_detector_registers_without_a_compar
     data = _real_boxes(tmp_path, images=12)
     monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "no-weights")
     args = ["train", "detector", "--data", str(data), "--epochs", "1", "--imgsz", "96"]
-    result = CliRunner().invoke(app, [*args, "--seed", "7"])
+    result = CliRunner().invoke(app, [*args, "--seed", "7", "--repeat-rare", "0.5"])
     assert result.exit_code == 0, result.output
     assert "on the same validation split" not in result.output
     assert "instrument_detector v1 registered: Pending" in result.output
@@ -322,6 +322,13 @@ def test_train_detector_without_any_approved_detector_registers_without_a_compar
     store = build_resources(load_settings(), deferred=False)["blob_store"]
     card = json.loads(store.get_bytes("models/instrument_detector/v1/model_card.json"))
     assert (card["seed"], card["epochs"], card["imgsz"]) == (7, 1, 96)
+    # Images of rare instruments were repeated (grasper, in most images, was not).
+    said = re.search(r"repeating rare instruments: (\d+) training entries from (\d+) images \(",
+                     result.output)  # fmt: skip
+    assert said and int(said[1]) > int(said[2]), result.output
+    repeated = card["repeat_rare"]
+    assert (repeated["threshold"], repeated["entries"]) == (0.5, int(said[1]))
+    assert repeated["class_repeats"]["grasper"] == 1.0
     # What it predicts on every validation image, for the drift sensor once it is Approved.
     reference = card["reference_statistics"]
     split = re.search(r"(\d+) training and (\d+) validation images", result.output)
@@ -330,6 +337,11 @@ def test_train_detector_without_any_approved_detector_registers_without_a_compar
     assert said[2] == split[2] != "0" and int(said[1]) == reference["detections"]
     assert sum(reference["class_counts"]) == reference["detections"]
     assert sum(reference["confidence_histogram"]) == reference["detections"]
+    # A repeat threshold that is not a fraction: one error before anything is read or trained.
+    assert_user_error(
+        surg(surg_home, *args, "--repeat-rare", "0"), "the repeat threshold 0 is not a fraction"
+    )
+    assert "v2" not in surg(surg_home, "models", "list").stdout
 
 
 def test_train_detector_also_trains_on_a_second_dataset_and_scores_the_weights_on_both(

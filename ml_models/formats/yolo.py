@@ -73,16 +73,33 @@ def data_yaml_parts(data_yaml: str | Path) -> tuple[list[str], list[str], list[s
     return names, folders("train"), folders("val")
 
 
-def validation_images(data_yaml: str | Path) -> list[Path]:
-    """The images of a YOLO ``data.yaml``'s validation folders (a ``.txt`` list is read too)."""
+def listed_images(entries: list[str]) -> list[Path]:
+    """The images that a ``data.yaml``'s train or val entries name: folders, searched
+    recursively, and ``.txt`` lists of image paths (relative to the list), sorted."""
     found: list[Path] = []
-    for entry in map(Path, data_yaml_parts(data_yaml)[2]):
+    for entry in map(Path, entries):
         if entry.is_dir():
             found += [p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
             lines = entry.read_text().splitlines()
             found += [(entry.parent / ln.strip()).resolve() for ln in lines if ln.strip()]
     return sorted(found)
+
+
+def validation_images(data_yaml: str | Path) -> list[Path]:
+    """The images of a YOLO ``data.yaml``'s validation folders (a ``.txt`` list is read too)."""
+    return listed_images(data_yaml_parts(data_yaml)[2])
+
+
+def label_path(image: Path) -> Path:
+    """The label file ultralytics pairs with an image: the last ``images`` folder of its path
+    becomes ``labels``, the suffix ``.txt``."""
+    parts = list(image.parts)
+    if "images" not in parts:
+        return image.with_suffix(".txt")
+    at = len(parts) - 1 - parts[::-1].index("images")
+    parts[at] = "labels"
+    return Path(*parts).with_suffix(".txt")
 
 
 def names_from_yaml(root: Path) -> list[str] | None:

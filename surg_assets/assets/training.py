@@ -9,6 +9,7 @@ blocking asset check of the same step, so a refused model fails its run visibly.
 goes to the audit log.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -82,6 +83,9 @@ class DetectorTrainingConfig(dg.Config):
     batch: int = 8
     device: str = "auto"
     seed: int = 0
+    # Repeat images of rare instruments in each epoch (repeat factor sampling): instruments in
+    # fewer than this fraction of the training images; None trains on each image once.
+    repeat_rare: float | None = None
 
 
 class PhaseTrainingConfig(dg.Config):
@@ -407,6 +411,7 @@ def instrument_detector(
     from ml_models.detector import evaluate_detector, onnx_graph, train_detector
     from ml_models.drift import reference_statistics
     from ml_models.formats.yolo import validation_images
+    from ml_models.training import with_repeat_factors
 
     with tempfile.TemporaryDirectory(prefix="surg-train-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -422,6 +427,11 @@ def instrument_detector(
         data_yaml.write_text(
             f"path: {data_dir.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
         )
+        train_yaml, repeated = data_yaml, None
+        if config.repeat_rare is not None:
+            train_yaml, repeated = with_repeat_factors(
+                data_yaml, Path(tmp) / "repeated.yaml", config.repeat_rare
+            )
         init, init_text = _detector_init(config, registry)
         dataset = f"detector_dataset:{manifest['version']}"
         tracked = _Tracked(
@@ -435,7 +445,7 @@ def instrument_detector(
         def fit() -> tuple[Path, dict[str, float]]:
             context.log.info(f"training on {dataset} ({manifest['split_sizes']}), {init_text}")
             result = train_detector(
-                data_yaml,
+                train_yaml,
                 Path(tmp) / "runs",
                 epochs=config.epochs,
                 imgsz=config.imgsz,
@@ -463,6 +473,7 @@ def instrument_detector(
             evaluation="ultralytics validator on the snapshot's held-out split",
             onnx={"imgsz": config.imgsz, "dynamic_batch": True},
             reference_statistics=reference,
+            repeat_rare=dataclasses.asdict(repeated) if repeated else None,
         )
         yield from _govern(
             context,

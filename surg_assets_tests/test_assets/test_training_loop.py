@@ -164,7 +164,8 @@ def test_corrections_become_an_approved_model_that_the_next_case_uses(
             run_config={
                 "ops": {
                     "instrument_detector": {
-                        "config": {"init": "scratch", "epochs": 1, "imgsz": 160}
+                        # Every instrument in fewer than all images is repeated.
+                        "config": {"init": "scratch", "epochs": 1, "imgsz": 160, "repeat_rare": 1}
                     }
                 }
             },
@@ -176,6 +177,9 @@ def test_corrections_become_an_approved_model_that_the_next_case_uses(
         v2 = registry.versions("instrument_detector")[0]
         assert (v2.version, v2.status) == ("v2", "Rejected")
         assert "box_map50 regresses against v1" in v2.reason
+        card = json.loads(blob_store.get_bytes("models/instrument_detector/v2/model_card.json"))
+        repeated = card["repeat_rare"]
+        assert repeated["entries"] > repeated["images"] == manifest["split_sizes"]["train"]
         assert registry.newest_approved("instrument_detector").version == "v1"
     with catalog.session() as s:
         decisions = [
@@ -222,7 +226,12 @@ def test_a_retry_after_a_failed_registration_uses_the_weights_already_trained(
     key = _training_request("instrument_detector", manifest, DetectorTrainingConfig(**config),
                             config["init"])  # fmt: skip
     assert kept == f"{key}/weights.pt"
-    for change, same in (({"seed": 1}, False), ({"epochs": 2}, False), ({"device": "cpu"}, True)):
+    for change, same in (
+        ({"seed": 1}, False),
+        ({"epochs": 2}, False),
+        ({"repeat_rare": 0.3}, False),
+        ({"device": "cpu"}, True),
+    ):
         other = DetectorTrainingConfig(**{**config, **change})
         assert (
             _training_request("instrument_detector", manifest, other, config["init"]) == key

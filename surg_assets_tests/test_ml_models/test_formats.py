@@ -209,6 +209,54 @@ def test_joined_training_data_reads_both_training_splits_and_validates_on_the_fi
     assert not (tmp_path / "x.yaml").exists()
 
 
+def test_repeat_factors_show_rare_instruments_more_often_and_ultralytics_keeps_the_repeats(
+    tmp_path: Path,
+) -> None:
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from ml_models.training import boxes_to_segment_dataset, with_repeat_factors
+    from ml_models.ultra import ultralytics_offline
+
+    ultralytics_offline()
+    real, counts = boxes_to_segment_dataset(shared("cholec80-tools-yolo"), tmp_path / "real")
+    out, info = with_repeat_factors(real, tmp_path / "rep" / "data.yaml", threshold=0.3)
+    shows = {
+        p.with_suffix(".jpg").name: {int(r.split()[0]) for r in p.read_text().split("\n") if r}
+        for p in (real.parent / "labels" / "train").iterdir()
+    }
+    grasper, hook, scissors = (INSTRUMENT_CLASSES.index(n) for n in ("grasper", "hook", "scissors"))
+    share = {c: sum(c in s for s in shows.values()) / len(shows) for c in (grasper, scissors)}
+    # The instruments in most images are not repeated; a rare one by sqrt(threshold / share).
+    assert share[grasper] > 0.3 and info.class_repeats["grasper"] == info.class_repeats["hook"] == 1
+    assert info.class_repeats["scissors"] == pytest.approx((0.3 / share[scissors]) ** 0.5, abs=0.01)
+
+    spec = check_det_dataset(str(out))  # what ultralytics' trainer reads
+    assert spec["val"] == str(real.parent / "images" / "val")  # validation untouched
+    dataset = YOLODataset(img_path=spec["train"], data=spec, task="segment", augment=False)
+    listed = Counter(Path(f).name for f in dataset.im_files)
+    assert info.images == counts["train"] == len(listed) and info.entries == len(dataset)
+    # Ultralytics keeps the repeats (a set would quietly undo them): each image as often as its
+    # rarest instrument asks, an image of graspers and hooks only once.
+    for name, classes in shows.items():
+        r = max(info.class_repeats[INSTRUMENT_CLASSES[c]] for c in classes) if classes else 1
+        assert int(r) <= listed[name] <= int(r) + 1, name
+        if classes <= {grasper, hook}:
+            assert listed[name] == 1
+    with_scissors = sum(n for name, n in listed.items() if scissors in shows[name])
+    assert with_scissors / len(dataset) > 1.5 * share[scissors]
+    # The same list on every run; a threshold below every share repeats nothing.
+    again, _ = with_repeat_factors(real, tmp_path / "again" / "data.yaml", threshold=0.3)
+    listing = out.with_name("data-train.txt").read_text()
+    assert again.with_name("data-train.txt").read_text() == listing
+    _, none = with_repeat_factors(real, tmp_path / "none" / "data.yaml", threshold=0.001)
+    assert none.entries == none.images and set(none.class_repeats.values()) == {1.0}
+    for bad in (0, 1.5):
+        with pytest.raises(InputError, match=f"the repeat threshold {bad} is not a fraction"):
+            with_repeat_factors(real, tmp_path / "bad" / "data.yaml", threshold=bad)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_coco_and_labelme_of_cholecinstanceseg_agree() -> None:
     root = shared("cholecinstanceseg-sample")
     coco_file = root / "_sample_results/generated_coco_files/sample_generated_coco.json"
